@@ -1,0 +1,31 @@
+"""Config keys that focal_rpn adds to Detectron2's defaults."""
+from detectron2.config import CfgNode as CN
+
+
+def add_focal_rpn_config(cfg):
+    """Adds every focal_rpn key, with its default, to ``cfg`` (a detectron2 CfgNode), in place.
+
+    Call it after ``get_cfg()`` and before ``merge_from_file``.
+    """
+    _C = cfg
+
+    # ---- FocalRetinaNet (META_ARCHITECTURE "FocalRetinaNet") ----
+    # Classification loss: "focal" (sigmoid focal loss with FOCAL_LOSS_ALPHA/GAMMA), "ce" (γ=0, no
+    # α), "alpha_ce" (γ=0 with α = FOCAL_LOSS_ALPHA), "fl_star" (the paper's appendix FL*),
+    # "ohem" / "ohem_1_3" (online hard example mining over all anchors; Table 1d of the paper).
+    _C.MODEL.RETINANET.LOSS_TYPE = "focal"
+    # FL* = -log σ(γ x_t + β) / γ.
+    _C.MODEL.RETINANET.FL_STAR_GAMMA = 2.0
+    _C.MODEL.RETINANET.FL_STAR_BETA = 1.0
+    # OHEM: NMS over anchors scored by their loss, then the hardest anchors per image are kept.
+    _C.MODEL.RETINANET.OHEM_NMS_THRESH = 0.5
+    _C.MODEL.RETINANET.OHEM_BATCH_SIZE_PER_IMAGE = 128
+    # "ema": Detectron2's moving average of the number of positives (matches the d2 zoo);
+    # "num_pos": the paper's per-batch number of positive anchors.
+    _C.MODEL.RETINANET.LOSS_NORMALIZER = "ema"
+
+    # ---- Data augmentation (applied in training only) ----
+    # Aerial photographs have no "up": a vertical flip and 90° rotations are free augmentations.
+    _C.INPUT.VERTICAL_FLIP = False
+    _C.INPUT.ROTATE_90 = False
+    return cfg

@@ -1,0 +1,5 @@
+"""Embedded datasets (trees, synthetic), their registration, and training-time mapping."""
+from .datasets import check_dataset, ensure_json, register_all
+from .mapper import build_train_augmentations, CheckedDatasetMapper
+
+register_all()

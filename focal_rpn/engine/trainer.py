@@ -1,0 +1,46 @@
+"""Detectron2's DefaultTrainer with COCO evaluation, our data mapping, and CPU-capable DDP."""
+import os
+from unittest import mock
+
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import DefaultTrainer
+from detectron2.engine import defaults as d2_defaults
+from detectron2.evaluation import COCOEvaluator
+
+from ..data import CheckedDatasetMapper, build_train_augmentations, check_dataset, ensure_json
+
+_d2_create_ddp_model = d2_defaults.create_ddp_model
+
+
+def create_ddp_model(model, **kwargs):
+    """Detectron2's create_ddp_model, but without device_ids for a CPU model (gloo training):
+    DistributedDataParallel rejects device_ids for modules that are not on a GPU."""
+    if next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return _d2_create_ddp_model(model, **kwargs)
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer that checks its datasets up front and evaluates with COCOEvaluator."""
+
+    def __init__(self, cfg):
+        for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+            check_dataset(name)
+        with mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model):
+            super().__init__(cfg)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        mapper = CheckedDatasetMapper(cfg, is_train=True, augmentations=build_train_augmentations(cfg))
+        return build_detection_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        check_dataset(dataset_name)
+        return super().build_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        ensure_json(dataset_name)
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        return COCOEvaluator(dataset_name, output_dir=output_folder)

@@ -1,0 +1,311 @@
+"""Focal losses with a fused, analytic backward.
+
+Every component of focal_rpn (FocalRetinaNet, FocalRPN, the focal ROI classifier) takes its
+classification loss from here. Each loss computes its value *and* its gradient in one forward
+pass; autograd then only scales the saved gradient by ``grad_output``. Compared with the
+composite torchvision/fvcore versions (about eight elementwise ops whose intermediates all stay
+alive for backward), this keeps one logits-sized tensor for backward and, when torch.compile
+works on the machine, runs the whole loss-and-gradient as one fused loop.
+
+Shapes: ``sigmoid_*`` take ``inputs`` and ``targets`` of any shape (the same for both);
+``softmax_focal_loss`` takes ``logits`` (N, K) and integer ``labels`` (N,).
+"""
+import logging
+import os
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+__all__ = [
+    "sigmoid_focal_loss",
+    "softmax_focal_loss",
+    "sigmoid_focal_loss_star",
+    "set_compile",
+]
+
+logger = logging.getLogger(__name__)
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss-and-gradient kernels: plain elementwise torch code, float32 in and out, compile-friendly.
+# ---------------------------------------------------------------------------------------------
+def _sigmoid_focal_kernel(x: Tensor, t: Tensor, alpha: float, gamma: float) -> Tuple[Tensor, Tensor]:
+    """Elementwise FL(p_t) = -α_t (1-p_t)^γ log p_t for logits ``x`` and soft targets ``t``.
+
+    Returns (loss, d loss / d x), both shaped like ``x``. Uses log-sigmoid forms so that logits
+    of ±100 give finite values and gradients.
+    """
+    log_p = F.logsigmoid(x)
+    log_q = log_p - x  # log(1 - p) = log σ(-x), exact in floating point for large |x|
+    p = log_p.exp()
+    q = log_q.exp()
+    ce = -(t * log_p + (1 - t) * log_q)
+    # 1 - p_t written without cancellation: t (1 - p) + (1 - t) p
+    one_minus_pt = t * q + (1 - t) * p
+    if gamma == 0:
+        modulator = torch.ones_like(x)
+        d_modulator = torch.zeros_like(x)
+    else:
+        modulator = one_minus_pt.pow(gamma)
+        # d/dx (1-p_t)^γ = γ (1-p_t)^(γ-1) p (1-p) (1-2t); its limit at 1-p_t = 0 is 0 (γ > 0).
+        safe = torch.where(one_minus_pt > 0, one_minus_pt, torch.ones_like(x))
+        d_modulator = torch.where(
+            one_minus_pt > 0, gamma * safe.pow(gamma - 1) * (p * q) * (1 - 2 * t), torch.zeros_like(x)
+        )
+    loss = ce * modulator
+    grad = (p - t) * modulator + ce * d_modulator
+    if alpha >= 0:
+        alpha_t = alpha * t + (1 - alpha) * (1 - t)
+        loss = alpha_t * loss
+        grad = alpha_t * grad
+    return loss, grad
+
+
+def _sigmoid_focal_star_kernel(x: Tensor, t: Tensor, gamma: float, beta: float) -> Tuple[Tensor, Tensor]:
+    """Elementwise FL* = -log σ(γ x_t + β) / γ with x_t = (2t - 1) x. Returns (loss, d loss / d x)."""
+    sign = 2 * t - 1
+    z = gamma * sign * x + beta
+    loss = -F.logsigmoid(z) / gamma
+    grad = -sign * torch.sigmoid(-z)
+    return loss, grad
+
+
+def _softmax_focal_kernel(
+    z: Tensor, labels: Tensor, class_weight: Optional[Tensor], gamma: float, ignore_index: int
+) -> Tuple[Tensor, Tensor]:
+    """Row-wise -α_y (1-p_y)^γ log p_y for logits ``z`` (N, K) and labels (N,).
+
+    Returns (loss (N,), d loss / d z (N, K)). Rows labelled ``ignore_index`` get 0 and 0.
+    """
+    valid = labels != ignore_index
+    safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
+    log_prob = F.log_softmax(z, dim=1)
+    log_py = log_prob.gather(1, safe_labels[:, None])[:, 0]
+    py = log_py.exp()
+    one_minus_py = -torch.expm1(log_py)
+    if gamma == 0:
+        modulator = torch.ones_like(py)
+        d_mod_term = torch.zeros_like(py)
+    else:
+        modulator = one_minus_py.pow(gamma)
+        safe = torch.where(one_minus_py > 0, one_minus_py, torch.ones_like(py))
+        d_mod_term = torch.where(
+            one_minus_py > 0, gamma * safe.pow(gamma - 1) * py * log_py, torch.zeros_like(py)
+        )
+    weight = valid.to(z.dtype)
+    if class_weight is not None:
+        weight = weight * class_weight[safe_labels]
+    loss = -weight * modulator * log_py
+    # dL/d log p_y, then d log p_y / dz = onehot(y) - softmax(z)
+    d_log_py = -weight * (modulator - d_mod_term)
+    grad = log_prob.exp().mul_(-1)
+    grad.scatter_add_(1, safe_labels[:, None], torch.ones_like(log_py)[:, None])
+    grad.mul_(d_log_py[:, None])
+    return loss, grad
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile'd versions where a compiler is present; eager otherwise.
+# ---------------------------------------------------------------------------------------------
+_COMPILE = os.environ.get("FOCAL_RPN_COMPILE", "1") not in ("0", "false", "False", "")
+_compiled = {}
+
+
+def set_compile(enabled: bool) -> None:
+    """Turn torch.compile of the loss kernels on or off (env FOCAL_RPN_COMPILE=0 also disables)."""
+    global _COMPILE
+    _COMPILE = bool(enabled)
+
+
+def _summed(kernel: Callable) -> Callable:
+    """``kernel`` with its loss summed inside, so that a compiled kernel never writes the
+    per-element loss to memory."""
+
+    def kernel_sum(*args):
+        loss, grad = kernel(*args)
+        return loss.sum(), grad
+
+    return kernel_sum
+
+
+def _run_kernel(kernel: Callable, args: tuple, sum_loss: bool):
+    """Runs ``kernel`` compiled if possible; the first failure disables compilation for good."""
+    global _COMPILE
+    key = (kernel, sum_loss)
+    if key not in _compiled:
+        _compiled[key] = [_summed(kernel) if sum_loss else kernel, None]
+    entry = _compiled[key]
+    if _COMPILE:
+        if entry[1] is None:
+            entry[1] = torch.compile(entry[0], dynamic=True)
+        try:
+            return entry[1](*args)
+        except Exception as e:  # no C++ compiler, unsupported backend, ...
+            logger.warning("torch.compile of focal losses failed (%s); using eager kernels.", e)
+            _COMPILE = False
+    return entry[0](*args)
+
+
+class _PrecomputedGradLoss(torch.autograd.Function):
+    """Returns a precomputed loss; backward scales the precomputed gradient.
+
+    forward(logits, loss, grad, divisor, dtype): ``loss`` is the summed loss (a scalar) or the
+    unreduced loss; ``grad`` is d sum(loss) / d logits. The result is ``loss / divisor`` in
+    ``dtype``. Only ``grad`` is kept for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, loss, grad, divisor, dtype):
+        ctx.divisor = divisor
+        ctx.grad_dtype = logits.dtype
+        ctx.save_for_backward(grad)
+        return (loss / divisor).to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        go = grad_output.to(grad.dtype) / ctx.divisor
+        if go.dim() == 1 and grad.dim() == 2:  # per-row loss (softmax): broadcast over classes
+            go = go[:, None]
+        return (grad * go).to(ctx.grad_dtype), None, None, None, None
+
+
+def _apply(logits: Tensor, kernel: Callable, kernel_args: tuple, reduction: str, out_shape) -> Tensor:
+    """Runs a loss-and-gradient kernel and wires its gradient into autograd.
+
+    ``out_shape`` is the shape of the unreduced loss (that of logits, or (N,) for softmax)."""
+    out_numel = 1
+    for d in out_shape:
+        out_numel *= int(d)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    dtype = logits.dtype if logits.is_floating_point() else torch.float32
+    if logits.numel() == 0:
+        if reduction == "none":
+            return logits.new_zeros(out_shape, dtype=dtype)
+        return logits.sum().to(dtype) * 0.0
+    needs_grad = torch.is_grad_enabled() and logits.requires_grad
+    with torch.no_grad():
+        loss, grad = _run_kernel(kernel, kernel_args, sum_loss=reduction != "none")
+    numel = out_numel if reduction == "mean" else 1
+    if not needs_grad:
+        return (loss / numel).to(dtype)
+    return _PrecomputedGradLoss.apply(logits, loss, grad, numel, dtype)
+
+
+def _with_label_targets(kernel: Callable) -> Callable:
+    """``kernel`` taking class indices (..., ) instead of float targets (..., K): the one-hot
+    targets are formed inside (and, compiled, never written to memory). Index >= K (or < 0)
+    means "negative for every class" (Detectron2's background index K)."""
+
+    def kernel_labels(x, labels, *rest):
+        classes = torch.arange(x.shape[-1], device=x.device)
+        return kernel(x, (labels[..., None] == classes).to(x.dtype), *rest)
+
+    kernel_labels.__name__ = kernel.__name__ + "_labels"
+    return kernel_labels
+
+
+_LABEL_KERNELS = {}
+
+
+def _targets_args(inputs: Tensor, targets: Tensor, kernel: Callable, name: str):
+    """(kernel, inputs, targets) in the compute dtype, for float targets or integer labels."""
+    cdt = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+    if not targets.is_floating_point():
+        if inputs.dim() == 0 or targets.shape != inputs.shape[:-1]:
+            raise ValueError(
+                f"{name}: integer class labels must have shape inputs.shape[:-1]; got inputs "
+                f"{tuple(inputs.shape)} and labels {tuple(targets.shape)}"
+            )
+        if kernel not in _LABEL_KERNELS:
+            _LABEL_KERNELS[kernel] = _with_label_targets(kernel)
+        return _LABEL_KERNELS[kernel], inputs.to(cdt), targets.long()
+    if inputs.shape != targets.shape:
+        raise ValueError(f"{name}: inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} differ")
+    return kernel, inputs.to(cdt), targets.to(cdt)
+
+
+def sigmoid_focal_loss(
+    inputs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none"
+) -> Tensor:
+    """Sigmoid focal loss, a drop-in for ``torchvision.ops.sigmoid_focal_loss``.
+
+    Args:
+        inputs: logits of any shape, float32/float16/bfloat16/float64.
+        targets: same shape, values in [0, 1] (soft labels allowed); or, as a memory-saving
+            extension, integer class indices of shape ``inputs.shape[:-1]`` (an index outside
+            [0, K) marks an anchor that is negative for all K classes).
+        alpha: weight of positives (negatives get 1 - alpha); ``alpha < 0`` disables weighting.
+        gamma: focusing parameter γ ≥ 0.
+        reduction: "none" (same shape as inputs) | "mean" | "sum" (scalars).
+    Returns:
+        The loss in the dtype of ``inputs`` (computed in float32, float64 kept as float64).
+    """
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    kernel, x, t = _targets_args(inputs, targets, _sigmoid_focal_kernel, "sigmoid_focal_loss")
+    return _apply(inputs, kernel, (x, t, float(alpha), float(gamma)), reduction, inputs.shape)
+
+
+def sigmoid_focal_loss_star(
+    inputs: Tensor, targets: Tensor, gamma: float = 2.0, beta: float = 1.0, reduction: str = "none"
+) -> Tensor:
+    """FL* from the RetinaNet paper's appendix: -log σ(γ x_t + β) / γ, x_t = x (t=1) or -x (t=0).
+
+    Args and return as :func:`sigmoid_focal_loss`; ``gamma`` must be > 0. With ``beta=0`` this
+    equals fvcore's ``sigmoid_focal_loss_star`` without alpha.
+    """
+    if gamma <= 0:
+        raise ValueError(f"FL* needs gamma > 0, got {gamma}")
+    kernel, x, t = _targets_args(inputs, targets, _sigmoid_focal_star_kernel, "sigmoid_focal_loss_star")
+    return _apply(inputs, kernel, (x, t, float(gamma), float(beta)), reduction, inputs.shape)
+
+
+def softmax_focal_loss(
+    logits: Tensor,
+    labels: Tensor,
+    alpha: Union[None, float, Tensor] = None,
+    gamma: float = 2.0,
+    reduction: str = "none",
+    ignore_index: int = -1,
+) -> Tensor:
+    """Softmax focal loss -α_y (1 - p_y)^γ log p_y.
+
+    Args:
+        logits: (N, K) float.
+        labels: (N,) int64 in [0, K) or ``ignore_index`` (those rows give 0 loss, 0 gradient).
+        alpha: None (no weighting); a float (classes 0..K-2 get alpha, the last class, Detectron2's
+            background, gets 1 - alpha); or a (K,) tensor of class weights.
+        gamma: focusing parameter γ ≥ 0; γ = 0 with alpha None is cross-entropy.
+        reduction: "none" -> (N,); "mean" averages over the non-ignored rows; "sum".
+    """
+    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(
+            f"softmax_focal_loss: expects logits (N, K) and labels (N,), got "
+            f"{tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    num_classes = logits.shape[1]
+    cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    if alpha is None:
+        class_weight = None
+    elif isinstance(alpha, Tensor):
+        if alpha.shape != (num_classes,):
+            raise ValueError(f"alpha tensor must have shape ({num_classes},), got {tuple(alpha.shape)}")
+        class_weight = alpha.to(device=logits.device, dtype=cdt)
+    else:
+        class_weight = torch.full((num_classes,), float(alpha), device=logits.device, dtype=cdt)
+        class_weight[-1] = 1.0 - float(alpha)
+    labels = labels.long()
+    args = (logits.to(cdt), labels, class_weight, float(gamma), int(ignore_index))
+    if reduction == "mean":
+        # Mean over the rows that count, as F.cross_entropy does with ignore_index.
+        total = _apply(logits, _softmax_focal_kernel, args, "sum", labels.shape)
+        return total / max(int((labels != ignore_index).sum()), 1)
+    return _apply(logits, _softmax_focal_kernel, args, reduction, labels.shape)

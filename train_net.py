@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Train or evaluate a focal_rpn (or any Detectron2) config.
+
+    python train_net.py --config-file configs/trees/retinanet.yaml
+    python train_net.py --config-file configs/retinanet_R50.yaml --num-gpus 8
+    python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+    python train_net.py --config-file CFG --resume          # continue from OUTPUT_DIR/last_checkpoint
+"""
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+
+from focal_rpn import add_focal_rpn_config
+from focal_rpn.engine import Trainer, load_weights_strict
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_focal_rpn_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        load_weights_strict(model, cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            from detectron2.evaluation import verify_results
+
+            verify_results(cfg, results)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
