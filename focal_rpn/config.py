@@ -24,6 +24,16 @@ def add_focal_rpn_config(cfg):
     # "num_pos": the paper's per-batch number of positive anchors.
     _C.MODEL.RETINANET.LOSS_NORMALIZER = "ema"
 
+    # ---- Narrow ResNet-FPN backbone (BACKBONE.NAME "build_narrow_resnet_fpn_backbone") ----
+    _C.MODEL.NARROW_RESNET = CN()
+    # Channels of the BasicStem (7x7 conv, stride 2, then max-pool).
+    _C.MODEL.NARROW_RESNET.STEM_CHANNELS = 32
+    # Output channels and number of BasicBlocks of res2, res3, res4, res5.
+    _C.MODEL.NARROW_RESNET.WIDTHS = [32, 64, 128, 256]
+    _C.MODEL.NARROW_RESNET.DEPTHS = [1, 1, 1, 1]
+    # Extra FPN levels above res5: "p6p7" (RetinaNet), "maxpool" (Faster R-CNN) or "".
+    _C.MODEL.NARROW_RESNET.TOP_BLOCK = "p6p7"
+
     # ---- Data augmentation (applied in training only) ----
     # Aerial photographs have no "up": a vertical flip and 90° rotations are free augmentations.
     _C.INPUT.VERTICAL_FLIP = False

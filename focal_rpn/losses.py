@@ -143,7 +143,10 @@ def _run_kernel(kernel: Callable, args: tuple, sum_loss: bool):
         if entry[1] is None:
             entry[1] = torch.compile(entry[0], dynamic=True)
         try:
-            return entry[1](*args)
+            # α and γ must be compile-time constants: with dynamic floats (torch's default),
+            # torch 2.14 reused a kernel compiled for γ=2 when called with γ=0.5.
+            with torch._dynamo.config.patch(specialize_float=True):
+                return entry[1](*args)
         except Exception as e:  # no C++ compiler, unsupported backend, ...
             logger.warning("torch.compile of focal losses failed (%s); using eager kernels.", e)
             _COMPILE = False

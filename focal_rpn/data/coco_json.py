@@ -16,9 +16,8 @@ def clip_boxes_xyxy(
     kept, keep_idx, clipped = [], [], 0
     for i, (x0, y0, x1, y1) in enumerate(boxes):
         c = [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
-        if c != [x0, y0, x1, y1]:
-            clipped += 1
         if c[2] - c[0] >= min_size and c[3] - c[1] >= min_size:
+            clipped += c != [x0, y0, x1, y1]
             kept.append(c)
             keep_idx.append(i)
     dropped = len(boxes) - len(kept)

@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Focal-loss forward+backward time and peak memory: focal_rpn vs torchvision and fvcore.
+
+    python benchmarks/bench_losses.py            # full table (1.6M x 80 takes a few minutes)
+    python benchmarks/bench_losses.py --quick    # 100k x 80 and the softmax shapes only
+
+Timing: the variants run interleaved (A, B, C, A, B, C, ...) in one process, and each reported
+ratio is the median over repeats of reference time / focal_rpn time measured side by side, so
+that load from other processes affects both alike. Peak memory: each variant in a fresh process;
+the extra resident memory (ru_maxrss) of one forward+backward above the inputs.
+"""
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torchvision
+from fvcore.nn import sigmoid_focal_loss_jit
+from torch.nn import functional as F
+
+sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
+from focal_rpn import losses  # noqa: E402
+
+
+def softmax_focal_composite(logits, labels, gamma=2.0):
+    """The usual composite softmax focal loss (what users write today), for reference."""
+    logp = F.log_softmax(logits, dim=1).gather(1, labels[:, None])[:, 0]
+    return (-(1 - logp.exp()) ** gamma * logp).sum()
+
+
+def make_variants(kind):
+    if kind == "sigmoid":
+        return {
+            "focal_rpn": lambda x, t: losses.sigmoid_focal_loss(x, t, 0.25, 2.0, "sum"),
+            "focal_rpn(eager)": lambda x, t: _eager(losses.sigmoid_focal_loss, x, t, 0.25, 2.0, "sum"),
+            "torchvision": lambda x, t: torchvision.ops.sigmoid_focal_loss(x, t, 0.25, 2.0, "sum"),
+            "fvcore_jit": lambda x, t: sigmoid_focal_loss_jit(x, t, 0.25, 2.0, "sum"),
+        }
+    return {
+        "focal_rpn": lambda x, y: losses.softmax_focal_loss(x, y, None, 2.0, "sum"),
+        "focal_rpn(eager)": lambda x, y: _eager(losses.softmax_focal_loss, x, y, None, 2.0, "sum"),
+        "composite": softmax_focal_composite,
+        "cross_entropy(γ=0)": lambda x, y: F.cross_entropy(x, y, reduction="sum"),
+    }
+
+
+def _eager(fn, *args):
+    losses.set_compile(False)
+    try:
+        return fn(*args)
+    finally:
+        losses.set_compile(True)
+
+
+def make_inputs(kind, n, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, k, generator=g) * 3
+    if kind == "sigmoid":
+        return x, (torch.rand(n, k, generator=g) < 0.01).float()
+    return x, torch.randint(0, k, (n,), generator=g)
+
+
+def step(fn, x, t):
+    x = x.detach().requires_grad_()
+    fn(x, t).backward()
+    return x.grad
+
+
+def time_case(kind, n, k, repeats):
+    variants = make_variants(kind)
+    x, t = make_inputs(kind, n, k)
+    for fn in variants.values():  # warm-up (compilation, allocator)
+        step(fn, x[:1000], t[:1000])
+        step(fn, x, t)
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            step(fn, x, t)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def peak_memory(kind, n, k, name):
+    """Extra MB of resident memory for one forward+backward, measured in a fresh process."""
+    code = (
+        "import sys, json, resource; sys.argv=['x']; "
+        f"sys.path.insert(0, {__file__!r}.rsplit('/', 1)[0]); "
+        "import bench_losses as b; "
+        f"v=b.make_variants({kind!r})[{name!r}]; x,t=b.make_inputs({kind!r},{n},{k}); "
+        "b.step(v, x[:1000], t[:1000]); "
+        "import torch; x=x.detach().requires_grad_(); x.grad=torch.zeros_like(x); "
+        "r0=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        "v(x,t).backward(); "
+        "print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss-r0)/1024))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="skip the 1.6M x 80 case")
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    cases = [("sigmoid", 100_000, 80), ("sigmoid", 1_600_000, 80), ("softmax", 512, 81), ("softmax", 100_000, 2)]
+    if args.quick:
+        cases = [c for c in cases if c[1] != 1_600_000]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, focal_rpn compile "
+          f"{'on' if losses._COMPILE else 'off'}; fwd+bwd, median of {args.repeats} interleaved repeats")
+    header = f"{'case':<22}{'variant':<20}{'ms':>9}{'ref/focal_rpn':>15}{'peak MB':>10}{'mem ratio':>11}"
+    print(header)
+    print("-" * len(header))
+    for kind, n, k in cases:
+        times = time_case(kind, n, k, args.repeats)
+        ours = times["focal_rpn"]
+        mem = {name: peak_memory(kind, n, k, name) for name in times}
+        for name, ts in times.items():
+            ratio = statistics.median(r / o for r, o in zip(ts, ours))
+            mem_ratio = mem[name] / mem["focal_rpn"] if mem["focal_rpn"] > 0 else float("nan")
+            print(f"{kind + f' {n}x{k}':<22}{name:<20}{statistics.median(ts) * 1e3:>9.2f}"
+                  f"{ratio:>14.2f}x{mem[name]:>10.1f}{mem_ratio:>10.2f}x")
+        print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Train-step and inference time and peak memory of a focal_rpn model vs its Detectron2 reference.
+
+    python benchmarks/bench_train_step.py                         # FocalRetinaNet vs RetinaNet
+    python benchmarks/bench_train_step.py --opts MODEL.RETINANET.NUM_CLASSES 80   # COCO-like head
+
+Both variants are built from the same config, seed and batch (identical weights). Training steps
+and inference calls alternate A, B, A, B in one process; the reported ratio is the median of the
+per-step ratios after warm-up. Peak memory: one fresh process per variant, ru_maxrss of a process
+that builds the model and runs the steps, minus that of one that only builds it.
+"""
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = __file__.rsplit("/benchmarks/", 1)[0]
+sys.path.insert(0, ROOT)
+
+# name -> (config overrides, name of the reference it is compared with)
+PAIRS = {
+    "retinanet": {
+        "config": "configs/trees/retinanet.yaml",
+        "variants": {
+            "FocalRetinaNet": ["MODEL.META_ARCHITECTURE", "FocalRetinaNet"],
+            "d2 RetinaNet": ["MODEL.META_ARCHITECTURE", "RetinaNet"],
+        },
+        "reference": "d2 RetinaNet",
+    },
+}
+
+
+def build(config, opts, seed=0):
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog, DatasetMapper
+    from detectron2.modeling import build_model
+
+    from focal_rpn import add_focal_rpn_config
+
+    cfg = get_cfg()
+    add_focal_rpn_config(cfg)
+    cfg.merge_from_file(f"{ROOT}/{config}")
+    cfg.merge_from_list(opts)
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    mapper = DatasetMapper(cfg, is_train=True, augmentations=[])
+    dicts = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])
+    batch = [mapper(d) for d in dicts[1:1 + cfg.SOLVER.IMS_PER_BATCH]]
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    return model, opt, batch
+
+
+def train_step(model, opt, batch):
+    model.train()
+    loss = sum(model(batch).values())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+@torch.no_grad()
+def infer(model, batch):
+    model.eval()
+    model([{"image": b["image"]} for b in batch])
+
+
+def timed(fn, *args):
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def peak_rss_mb(config, opts, steps, only_build):
+    code = (
+        f"import sys; sys.path.insert(0, {ROOT + '/benchmarks'!r}); import bench_train_step as b; "
+        "from detectron2.utils.events import EventStorage; import resource, json; "
+        f"m, o, batch = b.build({config!r}, {opts!r}); "
+        f"exec('with EventStorage():\\n for _ in range({0 if only_build else steps}): b.train_step(m, o, batch)'); "
+        "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    from detectron2.utils.events import EventStorage
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pair", choices=sorted(PAIRS), default="retinanet")
+    ap.add_argument("--steps", type=int, default=12, help="measured steps per variant (after 2 warm-up)")
+    ap.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for all variants")
+    args = ap.parse_args()
+    pair = PAIRS[args.pair]
+    names = list(pair["variants"])
+    built = {n: build(pair["config"], args.opts + pair["variants"][n]) for n in names}
+    ref_state = built[names[0]][0].state_dict()
+    for n in names[1:]:
+        built[n][0].load_state_dict(ref_state, strict=False)
+    times = {n: {"train": [], "infer": []} for n in names}
+    with EventStorage():
+        for i in range(args.steps + 2):
+            for n in names:
+                t_train = timed(train_step, *built[n])
+                t_inf = timed(infer, built[n][0], built[n][2])
+                if i >= 2:
+                    times[n]["train"].append(t_train)
+                    times[n]["infer"].append(t_inf)
+    ref = pair["reference"]
+    print(f"config {pair['config']} {' '.join(args.opts)}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; median of {args.steps} interleaved steps")
+    base = {n: peak_rss_mb(pair["config"], args.opts + pair["variants"][n], 3, True) for n in names}
+    peak = {n: peak_rss_mb(pair["config"], args.opts + pair["variants"][n], 3, False) for n in names}
+    print(f"{'variant':<18}{'train s':>9}{'train/ref':>11}{'infer s':>9}{'infer/ref':>11}{'step MB':>9}{'mem/ref':>9}")
+    for n in names:
+        tr = statistics.median(a / b for a, b in zip(times[n]["train"], times[ref]["train"]))
+        inf = statistics.median(a / b for a, b in zip(times[n]["infer"], times[ref]["infer"]))
+        mem = peak[n] - base[n]
+        mem_ref = peak[ref] - base[ref]
+        print(f"{n:<18}{statistics.median(times[n]['train']):>9.3f}{tr:>10.2f}x"
+              f"{statistics.median(times[n]['infer']):>9.3f}{inf:>10.2f}x{mem:>9.0f}{mem / mem_ref:>8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
