@@ -24,6 +24,21 @@ def add_focal_rpn_config(cfg):
     # "num_pos": the paper's per-batch number of positive anchors.
     _C.MODEL.RETINANET.LOSS_NORMALIZER = "ema"
 
+    # ---- FocalRPN (PROPOSAL_GENERATOR.NAME "FocalRPN"): no 1:1 sampling, focal objectness ----
+    _C.MODEL.FOCAL_RPN = CN()
+    # "sigmoid": 1 logit per anchor (RPN.HEAD_NAME "StandardRPNHead"); "softmax": 2 logits per
+    # anchor (RPN.HEAD_NAME "SoftmaxRPNHead").
+    _C.MODEL.FOCAL_RPN.FORM = "sigmoid"
+    # Focal loss α (weight of object anchors; background gets 1 - α; < 0 disables) and γ.
+    _C.MODEL.FOCAL_RPN.ALPHA = 0.25
+    _C.MODEL.FOCAL_RPN.GAMMA = 2.0
+    # λ in loss_rpn_cls = λ / N_pos · Σ FL over all labelled anchors.
+    _C.MODEL.FOCAL_RPN.CLS_LOSS_WEIGHT = 0.1
+    # loss_rpn_loc = Σ_pos reg / (REG_NORM_FACTOR · N_pos).
+    _C.MODEL.FOCAL_RPN.REG_NORM_FACTOR = 2.0
+    # Initial object probability of every anchor (bias init of the objectness logits).
+    _C.MODEL.FOCAL_RPN.PRIOR_PROB = 0.01
+
     # ---- Narrow ResNet-FPN backbone (BACKBONE.NAME "build_narrow_resnet_fpn_backbone") ----
     _C.MODEL.NARROW_RESNET = CN()
     # Channels of the BasicStem (7x7 conv, stride 2, then max-pool).
