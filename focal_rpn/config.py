@@ -39,6 +39,21 @@ def add_focal_rpn_config(cfg):
     # Initial object probability of every anchor (bias init of the objectness logits).
     _C.MODEL.FOCAL_RPN.PRIOR_PROB = 0.01
 
+    # ---- OHEM ROI heads (ROI_HEADS.NAME "OHEMROIHeads") ----
+    _C.MODEL.OHEM = CN()
+    # RoIs kept per image after NMS over RoIs scored by their loss.
+    _C.MODEL.OHEM.BATCH_SIZE_PER_IMAGE = 128
+    _C.MODEL.OHEM.NMS_THRESH = 0.7
+    # 0: the top RoIs by loss (plain OHEM); 3: every positive plus 3x as many hardest negatives.
+    _C.MODEL.OHEM.NEG_POS_RATIO = 0.0
+    # RoIs with IoU below this are ignored rather than background (0.0: the OHEM paper's choice).
+    _C.MODEL.OHEM.BG_IOU_LOW = 0.0
+
+    # ---- Focal-loss box classifier (ROI_HEADS.NAME "FocalROIHeads") ----
+    _C.MODEL.ROI_BOX_HEAD.FOCAL_GAMMA = 2.0
+    # < 0: no class weighting; a float: foreground classes α, background 1 - α.
+    _C.MODEL.ROI_BOX_HEAD.FOCAL_ALPHA = -1.0
+
     # ---- Narrow ResNet-FPN backbone (BACKBONE.NAME "build_narrow_resnet_fpn_backbone") ----
     _C.MODEL.NARROW_RESNET = CN()
     # Channels of the BasicStem (7x7 conv, stride 2, then max-pool).
@@ -53,4 +68,7 @@ def add_focal_rpn_config(cfg):
     # Aerial photographs have no "up": a vertical flip and 90° rotations are free augmentations.
     _C.INPUT.VERTICAL_FLIP = False
     _C.INPUT.ROTATE_90 = False
+    # Photometric jitter: brightness, contrast and saturation each scaled by a factor drawn from
+    # [1 - COLOR_JITTER, 1 + COLOR_JITTER]; 0 disables.
+    _C.INPUT.COLOR_JITTER = 0.0
     return cfg

@@ -5,13 +5,17 @@ from detectron2.data import DatasetMapper, detection_utils as utils, transforms 
 
 
 def build_train_augmentations(cfg) -> List[T.Augmentation]:
-    """Detectron2's resize + horizontal flip, then INPUT.VERTICAL_FLIP and INPUT.ROTATE_90."""
+    """Detectron2's resize + horizontal flip, then INPUT.VERTICAL_FLIP, INPUT.ROTATE_90 and
+    INPUT.COLOR_JITTER."""
     augs = utils.build_augmentation(cfg, is_train=True)
     if cfg.INPUT.VERTICAL_FLIP:
         augs.append(T.RandomFlip(prob=0.5, horizontal=False, vertical=True))
     if cfg.INPUT.ROTATE_90:
         # Multiples of 90° map boxes to boxes exactly (expand keeps the whole image).
         augs.append(T.RandomRotation([0, 90, 180, 270], expand=True, sample_style="choice"))
+    j = cfg.INPUT.COLOR_JITTER
+    if j > 0:
+        augs += [T.RandomBrightness(1 - j, 1 + j), T.RandomContrast(1 - j, 1 + j), T.RandomSaturation(1 - j, 1 + j)]
     return augs
 
 

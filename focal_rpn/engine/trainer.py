@@ -43,4 +43,7 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         ensure_json(dataset_name)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        # COCO's AP counts at most 100 detections per image; an aerial photograph holds hundreds
+        # of objects, so the limit follows TEST.DETECTIONS_PER_IMAGE (100, COCO's, by default).
+        return COCOEvaluator(dataset_name, output_dir=output_folder,
+                             max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
