@@ -177,13 +177,18 @@ class _PrecomputedGradLoss(torch.autograd.Function):
         return (grad * go).to(ctx.grad_dtype), None, None, None, None
 
 
-def _apply(logits: Tensor, kernel: Callable, kernel_args: tuple, reduction: str, out_shape) -> Tensor:
+def _apply(logits: Tensor, kernel: Callable, kernel_args: tuple, reduction: str, out_shape,
+           mean_divisor: Optional[int] = None) -> Tensor:
     """Runs a loss-and-gradient kernel and wires its gradient into autograd.
 
-    ``out_shape`` is the shape of the unreduced loss (that of logits, or (N,) for softmax)."""
+    ``out_shape`` is the shape of the unreduced loss (that of logits, or (N,) for softmax);
+    "mean" divides by its number of elements, or by ``mean_divisor`` when given. Reductions are
+    done in float32 before the cast to the input dtype (a float16 sum may overflow its mean not)."""
     out_numel = 1
     for d in out_shape:
         out_numel *= int(d)
+    if mean_divisor is not None:
+        out_numel = max(int(mean_divisor), 1)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     dtype = logits.dtype if logits.is_floating_point() else torch.float32
@@ -307,8 +312,6 @@ def softmax_focal_loss(
         class_weight[-1] = 1.0 - float(alpha)
     labels = labels.long()
     args = (logits.to(cdt), labels, class_weight, float(gamma), int(ignore_index))
-    if reduction == "mean":
-        # Mean over the rows that count, as F.cross_entropy does with ignore_index.
-        total = _apply(logits, _softmax_focal_kernel, args, "sum", labels.shape)
-        return total / max(int((labels != ignore_index).sum()), 1)
-    return _apply(logits, _softmax_focal_kernel, args, reduction, labels.shape)
+    # "mean" averages over the rows that count, as F.cross_entropy does with ignore_index.
+    num_valid = int((labels != ignore_index).sum()) if reduction == "mean" else None
+    return _apply(logits, _softmax_focal_kernel, args, reduction, labels.shape, num_valid)

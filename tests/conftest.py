@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 
 import pytest
@@ -24,3 +25,59 @@ def make_cfg():
         return cfg
 
     return make
+
+
+def run_train_net(*args, check=True, timeout=600):
+    """Runs train_net.py as a user would; returns the CompletedProcess (stdout, stderr)."""
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), *args]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A FocalRetinaNet trained 20 iterations on the synthetic shapes: (output dir, log text)."""
+    out = str(tmp_path_factory.mktemp("train"))
+    p = run_train_net("--config-file", "configs/synthetic/retinanet.yaml", "OUTPUT_DIR", out)
+    return out, p.stdout + p.stderr
+
+
+def train_steps(model, batch, steps=20, lr=0.01):
+    """SGD steps on one fixed batch; asserts finite losses. Returns (total losses, last storage)."""
+    import math
+
+    from detectron2.utils.events import EventStorage
+
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    history = []
+    with EventStorage() as storage:
+        for _ in range(steps):
+            losses = model(batch)
+            assert all(math.isfinite(v.item()) for v in losses.values()), losses
+            total = sum(losses.values())
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+            history.append(total.item())
+        latest = storage.latest()
+    return history, latest
+
+
+def reference_ohem_selection(boxes, losses, is_fg, k, thresh, ratio):
+    """Independent OHEM reference: greedy NMS by descending loss, then the top k (ratio 0) or
+    the surviving positives (at most k / (1 + ratio)) plus ratio x as many negatives."""
+    from torchvision.ops import box_iou
+
+    order = sorted(range(len(losses)), key=lambda i: -losses[i])
+    iou = box_iou(boxes, boxes)
+    kept = []
+    for i in order:
+        if all(iou[i, j] <= thresh for j in kept):
+            kept.append(i)
+    if ratio == 0:
+        return kept[:k]
+    pos = [i for i in kept if is_fg[i]][: int(k / (1 + ratio))]
+    neg = [i for i in kept if not is_fg[i]][: min(k - len(pos), max(int(round(len(pos) * ratio)), 1))]
+    return pos + neg

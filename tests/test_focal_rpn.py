@@ -11,6 +11,8 @@ from detectron2.modeling.proposal_generator import build_proposal_generator
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from conftest import train_steps
+
 SYNTH = "configs/synthetic/faster_rcnn.yaml"
 FL_SIGMOID = ("MODEL.PROPOSAL_GENERATOR.NAME", "FocalRPN")
 FL_SOFTMAX = FL_SIGMOID + ("MODEL.RPN.HEAD_NAME", "SoftmaxRPNHead", "MODEL.FOCAL_RPN.FORM", "softmax")
@@ -123,18 +125,8 @@ def test_each_rpn_trains(make_cfg, opts):
     cfg = make_cfg(SYNTH, *opts)
     torch.manual_seed(0)
     model = build_model(cfg).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     mapper = DatasetMapper(cfg, is_train=True, augmentations=[])
     batch = [mapper(d) for d in DatasetCatalog.get("synthetic_train")[:2]]  # includes the empty image
-    history = []
-    with EventStorage() as storage:
-        for _ in range(20):
-            losses = model(batch)
-            assert all(math.isfinite(v.item()) for v in losses.values()), losses
-            total = sum(losses.values())
-            opt.zero_grad()
-            total.backward()
-            opt.step()
-            history.append(total.item())
-        assert "rpn/proposal_recall@0.5" in storage.latest()
+    history, latest = train_steps(model, batch)
+    assert "rpn/proposal_recall@0.5" in latest
     assert sum(history[-5:]) < 0.8 * sum(history[:5]), history

@@ -1,6 +1,4 @@
 """OHEMROIHeads and FocalROIHeads on hand-built cases and short trainings."""
-import math
-
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper
@@ -8,7 +6,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torch.nn import functional as F
-from torchvision.ops import box_iou
+
+from conftest import reference_ohem_selection, train_steps
 
 SYNTH = "configs/synthetic/faster_rcnn.yaml"
 OHEM = ("MODEL.ROI_HEADS.NAME", "OHEMROIHeads")
@@ -27,20 +26,6 @@ def _model_and_proposals(make_cfg, *opts, n=40):
                    gt_classes=torch.tensor([0, 2]))
     feats = {f"p{i}": torch.randn(1, 64, 128 // 2 ** i, 128 // 2 ** i, requires_grad=True) for i in (3, 4, 5)}
     return model.roi_heads, feats, p, gt
-
-
-def _reference_selection(boxes, losses, is_fg, k, thresh, ratio):
-    order = sorted(range(len(losses)), key=lambda i: -losses[i])
-    iou = box_iou(boxes, boxes)
-    kept = []
-    for i in order:
-        if all(iou[i, j] <= thresh for j in kept):
-            kept.append(i)
-    if ratio == 0:
-        return kept[:k]
-    pos = [i for i in kept if is_fg[i]][: int(k / (1 + ratio))]
-    neg = [i for i in kept if not is_fg[i]][: min(k - len(pos), max(int(round(len(pos) * ratio)), 1))]
-    return pos + neg
 
 
 @pytest.mark.parametrize("ratio", [0.0, 3.0])
@@ -62,7 +47,7 @@ def test_selection_and_loss_on_known_roi_losses(make_cfg, ratio):
         heads.box_predictor.losses = spy
         losses = heads._forward_box(feats, [labelled])
     is_fg = (labelled.gt_classes < heads.num_classes).tolist()
-    expected = _reference_selection(labelled.proposal_boxes.tensor, known.tolist(), is_fg, 8, 0.7, ratio)
+    expected = reference_ohem_selection(labelled.proposal_boxes.tensor, known.tolist(), is_fg, 8, 0.7, ratio)
     (kept,) = captured["proposals"]
     torch.testing.assert_close(kept.proposal_boxes.tensor, labelled.proposal_boxes.tensor[expected])
     if ratio:
@@ -97,20 +82,10 @@ def test_each_head_trains_with_an_empty_image(make_cfg, opts):
     cfg = make_cfg(SYNTH, *opts)
     torch.manual_seed(0)
     model = build_model(cfg).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     mapper = DatasetMapper(cfg, is_train=True, augmentations=[])
     batch = [mapper(d) for d in DatasetCatalog.get("synthetic_train")[:2]]
     assert len(batch[0]["instances"]) == 0
-    history = []
-    with EventStorage():
-        for _ in range(20):
-            losses = model(batch)
-            assert all(math.isfinite(v.item()) for v in losses.values()), losses
-            total = sum(losses.values())
-            opt.zero_grad()
-            total.backward()
-            opt.step()
-            history.append(total.item())
+    history, _ = train_steps(model, batch)
     assert sum(history[-5:]) < 0.8 * sum(history[:5]), history
 
 

@@ -7,7 +7,8 @@ from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
-from torchvision.ops import box_iou
+
+from conftest import reference_ohem_selection, train_steps
 
 from focal_rpn.modeling.focal_retinanet import LOSS_TYPES
 from focal_rpn.modeling.ohem import select_hard_examples
@@ -54,19 +55,8 @@ def test_every_loss_type_trains(make_cfg, loss_type):
                    "MODEL.RETINANET.LOSS_NORMALIZER", "num_pos")
     torch.manual_seed(0)
     model = build_model(cfg).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    batch = _batch(cfg, 2, start=1)
-    history = []
-    with EventStorage() as storage:
-        for _ in range(20):
-            losses = model(batch)
-            total = sum(losses.values())
-            assert all(math.isfinite(v.item()) for v in losses.values())
-            opt.zero_grad()
-            total.backward()
-            opt.step()
-            history.append(total.item())
-        assert storage.latest()["retinanet/neg_pos_ratio"][0] > 10
+    history, latest = train_steps(model, _batch(cfg, 2, start=1))
+    assert latest["retinanet/neg_pos_ratio"][0] > 10
     assert sum(history[-5:]) < 0.7 * sum(history[:5]), history
 
 
@@ -82,17 +72,6 @@ def test_image_without_boxes(make_cfg, loss_type):
     assert losses["loss_box_reg"].item() == 0.0
 
 
-def _greedy_nms_top(boxes, scores, thresh, k):
-    """Reference: sort by score, drop any box overlapping a kept one by > thresh, take k."""
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    kept = []
-    iou = box_iou(boxes, boxes)
-    for i in order:
-        if all(iou[i, j] <= thresh for j in kept):
-            kept.append(i)
-    return kept[:k]
-
-
 def test_ohem_selection_hand_built():
     boxes = torch.tensor([
         [0, 0, 10, 10], [1, 0, 11, 10],      # near-duplicates (IoU 0.82)
@@ -102,7 +81,7 @@ def test_ohem_selection_hand_built():
     losses = torch.tensor([5.0, 6.0, 1.0, 4.0, 3.0, 0.5, 2.0, 2.5])
     pos = torch.tensor([False, False, True, False, False, True, False, False])
     keep = select_hard_examples(boxes, losses, pos, batch_size=4, nms_thresh=0.5)
-    assert keep.tolist() == _greedy_nms_top(boxes, losses.tolist(), 0.5, 4) == [1, 3, 4, 7]
+    assert keep.tolist() == reference_ohem_selection(boxes, losses.tolist(), pos.tolist(), 4, 0.5, 0) == [1, 3, 4, 7]
     # 1:3 keeps every surviving positive (2, 5) and three hardest negatives per positive.
     keep13 = select_hard_examples(boxes, losses, pos, batch_size=8, nms_thresh=0.5, neg_pos_ratio=3)
     assert keep13.tolist() == [2, 5, 1, 3, 4, 7]

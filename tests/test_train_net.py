@@ -10,17 +10,10 @@ import time
 
 import pytest
 import torch
+from conftest import run_train_net as run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH = "configs/synthetic/retinanet.yaml"
-
-
-def run(*args, check=True, timeout=600):
-    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), *args]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
-    return p
 
 
 def copypaste_metrics(text):
@@ -33,13 +26,6 @@ def copypaste_metrics(text):
 def metrics_json(out):
     with open(os.path.join(out, "metrics.json")) as f:
         return [json.loads(line) for line in f]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("train"))
-    p = run("--config-file", SYNTH, "OUTPUT_DIR", out)
-    return out, p.stdout + p.stderr
 
 
 def test_training_writes_detectron2_outputs(trained):
