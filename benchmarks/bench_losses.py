@@ -7,11 +7,11 @@
 Timing: the variants run interleaved (A, B, C, A, B, C, ...) in one process, and each reported
 ratio is the median over repeats of reference time / focal_rpn time measured side by side, so
 that load from other processes affects both alike. Peak memory: each variant in a fresh process;
-the extra resident memory (ru_maxrss) of one forward+backward above the inputs.
+the extra resident memory (peak RSS, see peak_rss.py) of one forward+backward above the inputs
+and their preallocated gradient.
 """
 import argparse
-import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -22,7 +22,8 @@ import torchvision
 from fvcore.nn import sigmoid_focal_loss_jit
 from torch.nn import functional as F
 
-sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
 from focal_rpn import losses  # noqa: E402
 
 
@@ -57,10 +58,11 @@ def _eager(fn, *args):
 
 
 def make_inputs(kind, n, k, seed=0):
+    """Logits (n, k) and targets, built in place so that no temporary raises the memory baseline."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, k, generator=g) * 3
+    x = torch.randn(n, k, generator=g).mul_(3)
     if kind == "sigmoid":
-        return x, (torch.rand(n, k, generator=g) < 0.01).float()
+        return x, torch.rand(n, k, generator=g).lt_(0.01)  # float 0/1 targets, 1% positives
     return x, torch.randint(0, k, (n,), generator=g)
 
 
@@ -74,7 +76,7 @@ def time_case(kind, n, k, repeats):
     variants = make_variants(kind)
     x, t = make_inputs(kind, n, k)
     for fn in variants.values():  # warm-up (compilation, allocator)
-        step(fn, x[:1000], t[:1000])
+        step(fn, x[:4000], t[:4000])
         step(fn, x, t)
     times = {name: [] for name in variants}
     for _ in range(repeats):
@@ -88,15 +90,15 @@ def time_case(kind, n, k, repeats):
 def peak_memory(kind, n, k, name):
     """Extra MB of resident memory for one forward+backward, measured in a fresh process."""
     code = (
-        "import sys, json, resource; sys.argv=['x']; "
-        f"sys.path.insert(0, {__file__!r}.rsplit('/', 1)[0]); "
+        "import sys, json; sys.argv=['x']; "
+        f"sys.path.insert(0, {HERE!r}); "
         "import bench_losses as b; "
         f"v=b.make_variants({kind!r})[{name!r}]; x,t=b.make_inputs({kind!r},{n},{k}); "
-        "b.step(v, x[:1000], t[:1000]); "
-        "import torch; x=x.detach().requires_grad_(); x.grad=torch.zeros_like(x); "
-        "r0=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        "b.step(v, x[:4000], t[:4000]); "
+        "import torch, peak_rss; x=x.detach().requires_grad_(); x.grad=torch.zeros_like(x); "
+        "r0=peak_rss.reset_peak(); "
         "v(x,t).backward(); "
-        "print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss-r0)/1024))"
+        "print(json.dumps((peak_rss.peak_kb()-r0)/1024))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])

@@ -3,15 +3,16 @@
 
     python benchmarks/bench_train_step.py                         # FocalRetinaNet vs RetinaNet
     python benchmarks/bench_train_step.py --opts MODEL.RETINANET.NUM_CLASSES 80   # COCO-like head
+    python benchmarks/bench_train_step.py --pair rpn              # FocalRPN vs the 1:1 RPN
+    python benchmarks/bench_train_step.py --pair ohem             # OHEM vs StandardROIHeads
 
 Both variants are built from the same config, seed and batch (identical weights). Training steps
 and inference calls alternate A, B, A, B in one process; the reported ratio is the median of the
-per-step ratios after warm-up. Peak memory: one fresh process per variant, ru_maxrss of a process
-that builds the model and runs the steps, minus that of one that only builds it.
+per-step ratios after warm-up. Peak memory: one fresh process per variant, which builds the model,
+runs two warm-up steps, then reports the peak resident memory of three more training steps above
+the memory held before them (see peak_rss.py).
 """
 import argparse
-import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,25 @@ PAIRS = {
             "d2 RetinaNet": ["MODEL.META_ARCHITECTURE", "RetinaNet"],
         },
         "reference": "d2 RetinaNet",
+    },
+    "rpn": {
+        "config": "configs/trees/rpn_ce.yaml",
+        "variants": {
+            "RPN 1:1 CE": [],
+            "FocalRPN sigmoid": ["MODEL.PROPOSAL_GENERATOR.NAME", "FocalRPN"],
+            "FocalRPN softmax": ["MODEL.PROPOSAL_GENERATOR.NAME", "FocalRPN", "MODEL.RPN.HEAD_NAME",
+                                 "SoftmaxRPNHead", "MODEL.FOCAL_RPN.FORM", "softmax"],
+        },
+        "reference": "RPN 1:1 CE",
+    },
+    "ohem": {
+        "config": "configs/trees/rpn_ce.yaml",
+        "variants": {
+            "StandardROIHeads": [],
+            "OHEMROIHeads": ["MODEL.ROI_HEADS.NAME", "OHEMROIHeads"],
+            "OHEM 1:3": ["MODEL.ROI_HEADS.NAME", "OHEMROIHeads", "MODEL.OHEM.NEG_POS_RATIO", "3.0"],
+        },
+        "reference": "StandardROIHeads",
     },
 }
 
@@ -75,13 +95,15 @@ def timed(fn, *args):
     return time.perf_counter() - t0
 
 
-def peak_rss_mb(config, opts, steps, only_build):
+def step_peak_mb(config, opts, steps=3):
+    """Extra peak RSS (MB) of ``steps`` training steps after two warm-up steps, in a fresh process."""
     code = (
-        f"import sys; sys.path.insert(0, {ROOT + '/benchmarks'!r}); import bench_train_step as b; "
-        "from detectron2.utils.events import EventStorage; import resource, json; "
-        f"m, o, batch = b.build({config!r}, {opts!r}); "
-        f"exec('with EventStorage():\\n for _ in range({0 if only_build else steps}): b.train_step(m, o, batch)'); "
-        "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))"
+        f"import sys; sys.path.insert(0, {ROOT + '/benchmarks'!r}); import bench_train_step as b, peak_rss; "
+        "from detectron2.utils.events import EventStorage; import json; "
+        f"m, o, batch = b.build({config!r}, {opts!r}); s = EventStorage(); s.__enter__(); "
+        "b.train_step(m, o, batch); b.train_step(m, o, batch); r0 = peak_rss.reset_peak(); "
+        f"[b.train_step(m, o, batch) for _ in range({steps})]; "
+        "print(json.dumps((peak_rss.peak_kb() - r0) / 1024))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -99,8 +121,10 @@ def main():
     names = list(pair["variants"])
     built = {n: build(pair["config"], args.opts + pair["variants"][n]) for n in names}
     ref_state = built[names[0]][0].state_dict()
-    for n in names[1:]:
-        built[n][0].load_state_dict(ref_state, strict=False)
+    for n in names[1:]:  # same weights wherever the shapes agree
+        own = built[n][0].state_dict()
+        built[n][0].load_state_dict({k: v for k, v in ref_state.items() if k in own and own[k].shape == v.shape},
+                                    strict=False)
     times = {n: {"train": [], "infer": []} for n in names}
     with EventStorage():
         for i in range(args.steps + 2):
@@ -113,15 +137,13 @@ def main():
     ref = pair["reference"]
     print(f"config {pair['config']} {' '.join(args.opts)}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.steps} interleaved steps")
-    base = {n: peak_rss_mb(pair["config"], args.opts + pair["variants"][n], 3, True) for n in names}
-    peak = {n: peak_rss_mb(pair["config"], args.opts + pair["variants"][n], 3, False) for n in names}
-    print(f"{'variant':<18}{'train s':>9}{'train/ref':>11}{'infer s':>9}{'infer/ref':>11}{'step MB':>9}{'mem/ref':>9}")
+    peak = {n: step_peak_mb(pair["config"], args.opts + pair["variants"][n]) for n in names}
+    print(f"{'variant':<20}{'train s':>9}{'train/ref':>11}{'infer s':>9}{'infer/ref':>11}{'step MB':>9}{'mem/ref':>9}")
     for n in names:
         tr = statistics.median(a / b for a, b in zip(times[n]["train"], times[ref]["train"]))
         inf = statistics.median(a / b for a, b in zip(times[n]["infer"], times[ref]["infer"]))
-        mem = peak[n] - base[n]
-        mem_ref = peak[ref] - base[ref]
-        print(f"{n:<18}{statistics.median(times[n]['train']):>9.3f}{tr:>10.2f}x"
+        mem, mem_ref = peak[n], peak[ref]
+        print(f"{n:<20}{statistics.median(times[n]['train']):>9.3f}{tr:>10.2f}x"
               f"{statistics.median(times[n]['infer']):>9.3f}{inf:>10.2f}x{mem:>9.0f}{mem / mem_ref:>8.2f}x")
 
 

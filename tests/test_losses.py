@@ -16,7 +16,9 @@ REDUCTIONS = ["none", "mean", "sum"]
 
 
 @pytest.fixture(params=[True, False], ids=["compiled", "eager"])
-def compile_mode(request):
+def compile_mode(request, monkeypatch):
+    """Runs a test with the torch.compile'd kernels (also for small inputs) or the eager ones."""
+    monkeypatch.setattr(losses, "_COMPILE_MIN_NUMEL", 0)
     losses.set_compile(request.param)
     yield request.param
     losses.set_compile(True)

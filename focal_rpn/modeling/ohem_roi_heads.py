@@ -19,8 +19,10 @@ class OHEMROIHeads(StandardROIHeads):
     each RoI its loss (softmax CE + box regression for foreground RoIs); per image, NMS over the
     RoIs scored by loss removes duplicates and the top ``ohem_batch_size_per_image`` are kept
     (``ohem_neg_pos_ratio`` r > 0: all surviving positives plus the r·N_pos hardest negatives).
-    The box head then runs again, with gradient, on the pooled features of the kept RoIs only:
-    RoI pooling is done once.
+    The box head then runs again, with gradient, on the kept RoIs only. The read-only pass pools
+    every RoI without gradient and the kept ones are pooled again with it: on a CPU this measured
+    faster (1.2x the StandardROIHeads step) than pooling once with gradient and reusing the kept
+    rows (1.67x), because RoIAlign's backward then runs over every RoI.
     """
 
     @configurable
@@ -82,8 +84,8 @@ class OHEMROIHeads(StandardROIHeads):
         if not self.training:
             return super()._forward_box(features, proposals)
         features = [features[f] for f in self.box_in_features]
-        pooled = self.box_pooler(features, [p.proposal_boxes for p in proposals])
         with torch.no_grad():
+            pooled = self.box_pooler(features, [p.proposal_boxes for p in proposals])
             roi_loss = self.per_roi_losses(self.box_predictor(self.box_head(pooled)), proposals)
         selected, start, kept = [], 0, []
         for p in proposals:
@@ -96,7 +98,7 @@ class OHEMROIHeads(StandardROIHeads):
             kept.append(p[idx])
             start += n
         selected = torch.cat(selected)
-        predictions = self.box_predictor(self.box_head(pooled[selected]))
+        predictions = self.box_predictor(self.box_head(self.box_pooler(features, [p.proposal_boxes for p in kept])))
         storage = get_event_storage()
         storage.put_scalar("ohem/num_selected", selected.numel() / max(len(proposals), 1))
         gt_sel = cat([p.gt_classes for p in kept])
