@@ -222,3 +222,27 @@ def test_property_finite(n, k, scale, dtype, gamma, seed):
         assert out.dtype == dtype and torch.isfinite(out)
         (grad,) = torch.autograd.grad(out, x)
         assert torch.isfinite(grad).all()
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
+    """Where torch.compile cannot work (no C++ compiler), the eager kernels take over."""
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no working C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(losses, "_compiled", {})
+    monkeypatch.setattr(losses, "_COMPILE_MIN_NUMEL", 0)
+    losses.set_compile(True)
+    x, t = _inputs()
+    try:
+        ours, g_ours = _value_and_grad(sigmoid_focal_loss, x, t, 0.25, 2.0, "sum")
+        assert not losses._COMPILE and "using eager kernels" in caplog.text
+    finally:
+        losses.set_compile(True)
+    ref, g_ref = _value_and_grad(torchvision.ops.sigmoid_focal_loss, x, t, 0.25, 2.0, "sum")
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-6)
