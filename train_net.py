@@ -6,20 +6,15 @@
     python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file CFG --resume          # continue from OUTPUT_DIR/last_checkpoint
 """
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 
-from focal_rpn import add_focal_rpn_config
+from focal_rpn.config import load_config
 from focal_rpn.engine import Trainer, load_weights_strict
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_focal_rpn_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
     return cfg
 

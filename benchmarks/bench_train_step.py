@@ -56,16 +56,12 @@ PAIRS = {
 
 
 def build(config, opts, seed=0):
-    from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.modeling import build_model
 
-    from focal_rpn import add_focal_rpn_config
+    from focal_rpn.config import load_config
 
-    cfg = get_cfg()
-    add_focal_rpn_config(cfg)
-    cfg.merge_from_file(f"{ROOT}/{config}")
-    cfg.merge_from_list(opts)
+    cfg = load_config(f"{ROOT}/{config}", opts)
     torch.manual_seed(seed)
     model = build_model(cfg)
     mapper = DatasetMapper(cfg, is_train=True, augmentations=[])

@@ -2,8 +2,8 @@
 
 Importing the package registers its models and datasets.
 """
-from .config import add_focal_rpn_config
+from .config import add_focal_rpn_config, load_config
 from . import data, modeling  # noqa: F401  (registration side effects)
 
 __version__ = "0.1.0"
-__all__ = ["add_focal_rpn_config"]
+__all__ = ["add_focal_rpn_config", "load_config"]

@@ -13,12 +13,11 @@ import os
 
 import numpy as np
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper, detection_utils as utils
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, pairwise_iou
 
-from . import add_focal_rpn_config
+from .config import load_config
 
 
 @torch.no_grad()
@@ -43,11 +42,7 @@ def main(argv=None):
     ap.add_argument("--output", default="output/anchor_report")
     ap.add_argument("opts", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
-    cfg = get_cfg()
-    add_focal_rpn_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     name = args.dataset or cfg.DATASETS.TRAIN[0]
     model = build_model(cfg).eval()
     mapper = DatasetMapper(cfg, is_train=True, augmentations=utils.build_augmentation(cfg, is_train=False))

@@ -72,3 +72,15 @@ def add_focal_rpn_config(cfg):
     # [1 - COLOR_JITTER, 1 + COLOR_JITTER]; 0 disables.
     _C.INPUT.COLOR_JITTER = 0.0
     return cfg
+
+
+def load_config(config_file: str, opts=(), freeze: bool = True):
+    """Detectron2's defaults + focal_rpn's keys, then ``config_file`` and ``opts`` (KEY VALUE ...)."""
+    from detectron2.config import get_cfg
+
+    cfg = add_focal_rpn_config(get_cfg())
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if freeze:
+        cfg.freeze()
+    return cfg

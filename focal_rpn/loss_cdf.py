@@ -16,12 +16,11 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper, detection_utils as utils
 from detectron2.layers import cat
 from detectron2.modeling import build_model
 
-from . import add_focal_rpn_config
+from .config import load_config
 from .engine import load_weights_strict
 from .losses import sigmoid_focal_loss
 
@@ -102,11 +101,7 @@ def main(argv=None):
     ap.add_argument("--gammas", type=float, nargs="+", default=GAMMAS)
     ap.add_argument("opts", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
-    cfg = get_cfg()
-    add_focal_rpn_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     model = build_model(cfg).eval()
     load_weights_strict(model, cfg.MODEL.WEIGHTS)
     if not hasattr(model, "label_anchors"):

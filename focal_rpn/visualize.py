@@ -8,13 +8,12 @@ import os
 from typing import List, Optional
 
 import numpy as np
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, detection_utils as utils
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from . import add_focal_rpn_config
+from .config import load_config
 from .engine import load_weights_strict
 
 
@@ -60,10 +59,7 @@ def main(argv=None):
     parser.add_argument("--score-thresh", type=float, default=0.3)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS W")
     args = parser.parse_args(argv)
-    cfg = get_cfg()
-    add_focal_rpn_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts, freeze=False)
     if args.dataset:
         cfg.DATASETS.TEST = (args.dataset,)
     cfg.freeze()

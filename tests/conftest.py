@@ -13,16 +13,10 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture
 def make_cfg():
     """Returns f(config path relative to the repo, *opts) -> a frozen-free CfgNode."""
-    from detectron2.config import get_cfg
-
-    from focal_rpn import add_focal_rpn_config
+    from focal_rpn.config import load_config
 
     def make(path="configs/synthetic/retinanet.yaml", *opts):
-        cfg = get_cfg()
-        add_focal_rpn_config(cfg)
-        cfg.merge_from_file(os.path.join(ROOT, path))
-        cfg.merge_from_list(list(opts))
-        return cfg
+        return load_config(os.path.join(ROOT, path), opts, freeze=False)
 
     return make
 
