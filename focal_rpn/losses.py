@@ -187,7 +187,8 @@ def _apply(logits: Tensor, kernel: Callable, kernel_args: tuple, reduction: str,
 
     ``out_shape`` is the shape of the unreduced loss (that of logits, or (N,) for softmax);
     "mean" divides by its number of elements, or by ``mean_divisor`` when given. Reductions are
-    done in float32 before the cast to the input dtype (a float16 sum may overflow its mean not)."""
+    done in float32 before the cast to the input dtype (a float16 sum can overflow where the
+    mean does not)."""
     out_numel = 1
     for d in out_shape:
         out_numel *= int(d)
