@@ -5,7 +5,6 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from conftest import reference_ohem_selection, train_steps

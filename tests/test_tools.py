@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from focal_rpn import ablate, loss_cdf, visualize
-from focal_rpn.losses import sigmoid_focal_loss
 
 FAST = ["SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100"]
 

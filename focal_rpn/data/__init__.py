@@ -3,3 +3,5 @@ from .datasets import check_dataset, ensure_json, register_all
 from .mapper import build_train_augmentations, CheckedDatasetMapper
 
 register_all()
+
+__all__ = ["CheckedDatasetMapper", "build_train_augmentations", "check_dataset", "ensure_json", "register_all"]

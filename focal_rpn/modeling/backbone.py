@@ -20,7 +20,7 @@ def build_narrow_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
     if len(c.WIDTHS) != 4 or len(c.DEPTHS) != 4:
         raise ValueError("MODEL.NARROW_RESNET.WIDTHS and DEPTHS need 4 entries (res2..res5)")
     stem = BasicStem(input_shape.channels, c.STEM_CHANNELS, norm=norm)
-    stages, names, in_ch = [], [], c.STEM_CHANNELS
+    stages, in_ch = [], c.STEM_CHANNELS
     for i, (width, depth) in enumerate(zip(c.WIDTHS, c.DEPTHS)):
         stages.append(
             ResNet.make_stage(BasicBlock, depth, in_channels=in_ch, out_channels=width,
