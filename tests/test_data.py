@@ -30,13 +30,15 @@ def test_trees_val_is_the_whole_held_out_image():
     assert os.path.isfile(MetadataCatalog.get("trees_val").json_file)
 
 
-def test_trees_train_tiles_cover_every_box():
-    dicts = DatasetCatalog.get("trees_train")
+@pytest.mark.parametrize("name,tile,n_tiles", [("trees_train", 400, 42), ("trees_train_overlap", 600, 36)])
+def test_trees_train_tiles_cover_every_box(name, tile, n_tiles):
+    dicts = DatasetCatalog.get(name)
     by_name = {os.path.basename(d["file_name"]): d for d in dicts}
     assert len(by_name["SOAP_061.png"]["annotations"]) == len(_xml_objects("SOAP_061")) == 37
     assert len(by_name["OSBS_029.png"]["annotations"]) == len(_xml_objects("OSBS_029")) == 61
     tiles = [d for d in dicts if d["file_name"].endswith(".png") and "YELL" in d["file_name"]]
-    assert all((d["width"], d["height"]) == (400, 400) for d in tiles)
+    assert len(tiles) == n_tiles
+    assert all((d["width"], d["height"]) == (tile, tile) for d in tiles)
     # Every crown of the big photograph has its centre in at least one tile.
     big = _xml_objects("2019_YELL_2_528000_4978000_image_crop2")
     assert len(big) == 574
@@ -45,11 +47,11 @@ def test_trees_train_tiles_cover_every_box():
         x0, y0 = map(int, re.findall(r"_(\d+)_(\d+)\.png$", d["file_name"])[0])
         for b in big:
             cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-            if x0 <= cx < x0 + 400 and y0 <= cy < y0 + 400:
+            if x0 <= cx < x0 + tile and y0 <= cy < y0 + tile:
                 covered.add(b)
         for a in d["annotations"]:
             x, y, w, h = a["bbox"]
-            assert 0 <= x and 0 <= y and x + w <= 400 and y + h <= 400 and w > 0 and h > 0
+            assert 0 <= x and 0 <= y and x + w <= tile and y + h <= tile and w > 0 and h > 0
             assert a["category_id"] == 0
     assert len(covered) == len(set(big))
     assert sum(len(d["annotations"]) for d in tiles) >= 574
@@ -57,6 +59,7 @@ def test_trees_train_tiles_cover_every_box():
 
 def test_tile_origins_cover_the_image():
     assert tile_origins(2299, 400, 400) == [0, 400, 800, 1200, 1600, 1899]
+    assert tile_origins(2299, 600, 400) == [0, 400, 800, 1200, 1600, 1699]
     assert tile_origins(300, 400, 400) == [0]
 
 
@@ -104,3 +107,40 @@ def test_missing_image_names_the_file(make_cfg, tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(Exception, match="bad.png"):
         mapper({"file_name": str(bad), "height": 10, "width": 10, "annotations": []})
+
+
+def test_input_crop_cuts_a_window_and_shifts_the_boxes(make_cfg, tmp_path):
+    """INPUT.CROP is honoured (Detectron2's DatasetMapper adds it; our augmentation list must too).
+
+    The picture encodes each pixel's own (x, y), so the crop's top-left pixel says where it was cut.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from focal_rpn.data import build_train_augmentations
+
+    yy, xx = np.mgrid[0:600, 0:600]
+    img = np.stack([xx % 256, yy % 256, (xx // 256) * 16 + yy // 256], axis=-1).astype(np.uint8)
+    path = tmp_path / "coords.png"
+    Image.fromarray(img).save(path)
+    box = [250.0, 260.0, 330.0, 350.0]  # XYXY, inside every 400x400 window's reach
+    cfg = make_cfg(
+        "configs/trees/retinanet.yaml", "INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "absolute",
+        "INPUT.CROP.SIZE", "[400, 400]", "INPUT.RANDOM_FLIP", "none", "INPUT.VERTICAL_FLIP", "False",
+        "INPUT.ROTATE_90", "False", "INPUT.COLOR_JITTER", "0.0",
+    )
+    mapper = CheckedDatasetMapper(cfg, is_train=True, augmentations=build_train_augmentations(cfg))
+    offsets = set()
+    for _ in range(10):
+        out = mapper({"file_name": str(path), "height": 600, "width": 600, "image_id": 0,
+                      "annotations": [{"bbox": box, "bbox_mode": 0, "category_id": 0}]})
+        chw = out["image"].numpy()  # BGR, as Detectron2 reads it
+        assert chw.shape == (3, 400, 400)
+        b, g, r = (int(v) for v in chw[:, 0, 0])
+        x0, y0 = r + 256 * (b // 16), g + 256 * (b % 16)
+        offsets.add((x0, y0))
+        expected = np.clip(np.array(box) - [x0, y0, x0, y0], 0, 400)
+        got = out["instances"].gt_boxes.tensor.numpy()
+        if (expected[2:] - expected[:2] > 0).all():
+            np.testing.assert_allclose(got, [expected], atol=1e-3)
+    assert len(offsets) > 1  # random, not a fixed window

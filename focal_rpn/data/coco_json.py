@@ -7,11 +7,13 @@ logger = logging.getLogger(__name__)
 
 
 def clip_boxes_xyxy(
-    boxes: Sequence[Sequence[float]], width: int, height: int, source: str, min_size: float = 1.0
+    boxes: Sequence[Sequence[float]], width: int, height: int, source: str, min_size: float = 1.0,
+    warn: bool = True,
 ) -> Tuple[List[List[float]], int]:
     """Clips XYXY boxes to the image and drops those left smaller than ``min_size`` pixels.
 
-    Returns (kept boxes, indices kept). Logs how many were clipped or dropped, naming ``source``.
+    Returns (kept boxes, indices kept). Logs how many were clipped or dropped, naming ``source``
+    (unless ``warn`` is False: tiles cut crowns by design).
     """
     kept, keep_idx, clipped = [], [], 0
     for i, (x0, y0, x1, y1) in enumerate(boxes):
@@ -21,7 +23,7 @@ def clip_boxes_xyxy(
             kept.append(c)
             keep_idx.append(i)
     dropped = len(boxes) - len(kept)
-    if clipped or dropped:
+    if warn and (clipped or dropped):
         logger.warning(
             "%s: %d box(es) clipped to the %dx%d image, %d empty or degenerate box(es) dropped",
             source, clipped, width, height, dropped,

@@ -11,6 +11,7 @@ from .trees import CLASS_NAMES as TREES_CLASSES, prepare_trees
 # name -> (prepare function returning (json_file, image_root), split, class names)
 _DATASETS = {
     "trees_train": (prepare_trees, "train", TREES_CLASSES),
+    "trees_train_overlap": (prepare_trees, "train_overlap", TREES_CLASSES),
     "trees_val": (prepare_trees, "val", TREES_CLASSES),
     "synthetic_train": (prepare_synthetic, "train", SYNTHETIC_CLASSES),
     "synthetic_val": (prepare_synthetic, "val", SYNTHETIC_CLASSES),
@@ -32,7 +33,7 @@ def _loader(name: str, prepare: Callable[[str], Tuple[str, str]], split: str):
 
 
 def register_all() -> None:
-    """Registers trees_train, trees_val, synthetic_train and synthetic_val (lazily built)."""
+    """Registers trees_train, trees_train_overlap, trees_val, synthetic_train and synthetic_val (lazily built)."""
     for name, (prepare, split, classes) in _DATASETS.items():
         if name in DatasetCatalog.list():
             continue

@@ -5,9 +5,11 @@ from detectron2.data import DatasetMapper, detection_utils as utils, transforms 
 
 
 def build_train_augmentations(cfg) -> List[T.Augmentation]:
-    """Detectron2's resize + horizontal flip, then INPUT.VERTICAL_FLIP, INPUT.ROTATE_90 and
-    INPUT.COLOR_JITTER."""
+    """Detectron2's training augmentations (INPUT.CROP, resize, horizontal flip, in the order of its
+    DatasetMapper), then INPUT.VERTICAL_FLIP, INPUT.ROTATE_90 and INPUT.COLOR_JITTER."""
     augs = utils.build_augmentation(cfg, is_train=True)
+    if cfg.INPUT.CROP.ENABLED:
+        augs.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
     if cfg.INPUT.VERTICAL_FLIP:
         augs.append(T.RandomFlip(prob=0.5, horizontal=False, vertical=True))
     if cfg.INPUT.ROTATE_90:

@@ -1,7 +1,9 @@
 """The embedded real dataset: aerial photographs of tree crowns shipped in the deepforest wheel.
 
-``trees_train``: the 2299x2472 Yellowstone image cut into tiles (boxes kept by centre, clipped),
-plus SOAP_061 and OSBS_029 (400x400). ``trees_val``: the whole 1249x1035 Yellowstone image at its
+``trees_train``: the 2299x2472 Yellowstone image cut into 400x400 tiles (boxes kept by centre,
+clipped), plus SOAP_061 and OSBS_029 (400x400). ``trees_train_overlap``: the same photographs, the
+big one cut into 600x600 tiles every 400 px, so that a random 400x400 crop (INPUT.CROP) sees every
+crown at many offsets and with its neighbours. ``trees_val``: the whole 1249x1035 Yellowstone image at its
 native scale (279 crowns), never trained on. One class, "tree" (Dead/Alive/Tree are merged).
 """
 import importlib.util
@@ -18,7 +20,8 @@ CLASS_NAMES = ["tree"]
 TRAIN_TILED = "2019_YELL_2_528000_4978000_image_crop2"
 TRAIN_WHOLE = ["SOAP_061", "OSBS_029"]
 VAL_IMAGE = "2019_YELL_2_541000_4977000_image_crop"
-TILE_SIZE = 400
+# split -> (tile size, stride) for the big training photograph
+TRAIN_TILINGS = {"train": (400, 400), "train_overlap": (600, 400)}
 
 
 def deepforest_data_dir() -> str:
@@ -82,14 +85,15 @@ def tile_boxes(boxes, x0: int, y0: int, tile: int):
 
 def _build_split(folder: str, split: str, data_dir: str) -> None:
     images: List[Dict] = []
-    if split == "train":
+    if split in TRAIN_TILINGS:
+        tile, stride = TRAIN_TILINGS[split]
         src = Image.open(_image_path(data_dir, TRAIN_TILED)).convert("RGB")
         boxes = read_voc_boxes(os.path.join(data_dir, TRAIN_TILED + ".xml"))
-        for y0 in tile_origins(src.height, TILE_SIZE, TILE_SIZE):
-            for x0 in tile_origins(src.width, TILE_SIZE, TILE_SIZE):
+        for y0 in tile_origins(src.height, tile, stride):
+            for x0 in tile_origins(src.width, tile, stride):
                 name = f"{TRAIN_TILED}_{x0}_{y0}.png"
-                src.crop((x0, y0, x0 + TILE_SIZE, y0 + TILE_SIZE)).save(os.path.join(folder, name))
-                images.append(_entry(name, TILE_SIZE, TILE_SIZE, tile_boxes(boxes, x0, y0, TILE_SIZE), name))
+                src.crop((x0, y0, x0 + tile, y0 + tile)).save(os.path.join(folder, name))
+                images.append(_entry(name, tile, tile, tile_boxes(boxes, x0, y0, tile), name, warn=False))
         stems = TRAIN_WHOLE
     else:
         stems = [VAL_IMAGE]
@@ -103,21 +107,24 @@ def _build_split(folder: str, split: str, data_dir: str) -> None:
     write_coco_json(os.path.join(folder, "annotations.json"), images, CLASS_NAMES)
 
 
-def _entry(file_name, width, height, boxes, source):
-    kept, _ = clip_boxes_xyxy(boxes, width, height, source)
+def _entry(file_name, width, height, boxes, source, warn=True):
+    kept, _ = clip_boxes_xyxy(boxes, width, height, source, warn=warn)
     return {"file_name": file_name, "width": width, "height": height, "boxes": kept, "classes": [0] * len(kept)}
 
 
 def prepare_trees(split: str) -> Tuple[str, str]:
-    """Builds (once) the ``split`` ("train" or "val") images and COCO json in the cache.
+    """Builds (once) the ``split`` ("train", "train_overlap" or "val") images and COCO json in the
+    cache.
 
     Returns (json_file, image_root).
     """
     data_dir = deepforest_data_dir()
-    stems = [TRAIN_TILED] + TRAIN_WHOLE if split == "train" else [VAL_IMAGE]
+    if split not in TRAIN_TILINGS and split != "val":
+        raise ValueError(f"unknown trees split {split!r}: expected one of {[*TRAIN_TILINGS, 'val']}")
+    stems = [TRAIN_TILED] + TRAIN_WHOLE if split in TRAIN_TILINGS else [VAL_IMAGE]
     sources = [os.path.join(data_dir, s + ext) for s in stems for ext in (".xml", ".png")]
     for s in stems:
         _image_path(data_dir, s)
-    key = source_key(sources, {"split": split, "tile": TILE_SIZE, "version": 1})
+    key = source_key(sources, {"split": split, "tiling": TRAIN_TILINGS.get(split), "version": 1})
     folder = build_cached(f"trees_{split}", key, lambda d: _build_split(d, split, data_dir))
     return os.path.join(folder, "annotations.json"), folder
