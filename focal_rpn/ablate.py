@@ -6,7 +6,8 @@
 Each run is an ordinary ``train_net.py`` training + evaluation in its own OUTPUT_DIR
 (``OUT/SUITE-DATASET/VARIANT/seedK``). A finished run is not run again; a half-finished one resumes
 from its last checkpoint. Writes ``results.csv`` (one row per run), ``results.md`` (mean ± std over
-seeds per variant) and ``results.png`` (AP50 and AP with error bars).
+seeds per variant) and ``results.png`` (AP50 and AP with error bars). ``--report`` only rewrites
+them from every finished run in ``OUT/SUITE-DATASET`` (any seeds), training nothing.
 """
 import argparse
 import csv
@@ -166,6 +167,8 @@ def main(argv=None):
     ap.add_argument("--num-gpus", type=int, default=1, help="processes per run (CPU: gloo workers)")
     ap.add_argument("--variants", nargs="*", help="only these variants")
     ap.add_argument("--out", default="output/ablate")
+    ap.add_argument("--report", action="store_true",
+                    help="train nothing: tabulate every finished run (any seed) already in --out")
     ap.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config options for every run")
     args = ap.parse_args(argv)
     runs = suite_runs(args.suite, args.dataset)
@@ -175,6 +178,9 @@ def main(argv=None):
             ap.error(f"unknown variants {sorted(unknown)}; choose from {[r[0] for r in runs]}")
         runs = [r for r in runs if r[0] in args.variants]
     out_dir = os.path.join(args.out, f"{args.suite}-{args.dataset}")
+    if args.report:
+        _report(runs, out_dir, args.suite, args.dataset)
+        return
     jobs = [(v, cfg, opts, seed) for v, cfg, opts in runs for seed in range(args.seeds)]
     durations, rows = [], []
     for i, (variant, cfg, opts, seed) in enumerate(jobs, start=1):
@@ -188,10 +194,28 @@ def main(argv=None):
             t0 = time.time()
             run_one(cfg, opts + list(args.opts), run_dir, seed, args.num_gpus)
             durations.append(time.time() - t0)
-        with open(os.path.join(run_dir, "run_stats.json")) as f:
-            stats = json.load(f)
-        rows.append({"variant": variant, "seed": seed, **read_final_metrics(run_dir), **stats})
+        rows.append(read_run(run_dir, variant, seed))
     summarise(rows, out_dir, f"{args.suite} suite on {args.dataset}")
+    print(f"Results: {os.path.abspath(out_dir)}/results.md, results.csv, results.png")
+
+
+def read_run(run_dir: str, variant: str, seed: int) -> dict:
+    """One results row: variant, seed, final metrics, s/iter, wall time and peak memory."""
+    with open(os.path.join(run_dir, "run_stats.json")) as f:
+        stats = json.load(f)
+    return {"variant": variant, "seed": seed, **read_final_metrics(run_dir), **stats}
+
+
+def _report(runs, out_dir: str, suite: str, dataset: str) -> None:
+    rows = []
+    for variant, _, _ in runs:
+        vdir = os.path.join(out_dir, variant)
+        seeds = sorted(int(d[4:]) for d in os.listdir(vdir) if d[4:].isdigit()) if os.path.isdir(vdir) else []
+        rows += [read_run(os.path.join(vdir, f"seed{k}"), variant, k) for k in seeds
+                 if is_finished(os.path.join(vdir, f"seed{k}"))]
+    if not rows:
+        raise SystemExit(f"no finished run under {out_dir}: nothing to report")
+    summarise(rows, out_dir, f"{suite} suite on {dataset}")
     print(f"Results: {os.path.abspath(out_dir)}/results.md, results.csv, results.png")
 
 

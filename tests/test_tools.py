@@ -35,6 +35,14 @@ def test_retinanet_suite_on_synthetic_with_seeds(tmp_path):
     assert [(r["variant"], r["seed"]) for r in rows] == [(v, str(s)) for v in variants for s in (0, 1)]
     md = (tmp_path / "retinanet-synthetic" / "results.md").read_text()
     assert "±" in md and all(v in md for v in variants)
+    # A third seed of one variant, then --report tabulates every finished run, uneven seeds included.
+    ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--seeds", "3", "--variants", "ce",
+                 "--out", str(tmp_path), "--opts", *FAST])
+    ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--report", "--out", str(tmp_path)])
+    rows = _rows(tmp_path / "retinanet-synthetic" / "results.csv")
+    assert [(r["variant"], r["seed"]) for r in rows] == [("ce", "0"), ("ce", "1"), ("ce", "2")] + [
+        (v, str(s)) for v in variants[1:] for s in (0, 1)]
+    assert "| ce | 3 |" in (tmp_path / "retinanet-synthetic" / "results.md").read_text()
 
 
 def test_loss_cdf_on_a_trained_checkpoint(trained, tmp_path):
