@@ -87,7 +87,8 @@ def test_each_head_trains_with_an_empty_image(make_cfg, opts):
     mapper = DatasetMapper(cfg, is_train=True, augmentations=[])
     batch = [mapper(d) for d in DatasetCatalog.get("synthetic_train")[:2]]
     assert len(batch[0]["instances"]) == 0
-    history, _ = train_steps(model, batch)
+    # lr 0.005: at 0.01 the 9-anchor RPN's loss spikes on two images hide the trend
+    history, _ = train_steps(model, batch, lr=0.005)
     assert sum(history[-5:]) < 0.8 * sum(history[:5]), history
 
 
