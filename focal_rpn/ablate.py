@@ -210,7 +210,8 @@ def _report(runs, out_dir: str, suite: str, dataset: str) -> None:
     rows = []
     for variant, _, _ in runs:
         vdir = os.path.join(out_dir, variant)
-        seeds = sorted(int(d[4:]) for d in os.listdir(vdir) if d[4:].isdigit()) if os.path.isdir(vdir) else []
+        names = os.listdir(vdir) if os.path.isdir(vdir) else []
+        seeds = sorted(int(d[4:]) for d in names if d.startswith("seed") and d[4:].isdigit())
         rows += [read_run(os.path.join(vdir, f"seed{k}"), variant, k) for k in seeds
                  if is_finished(os.path.join(vdir, f"seed{k}"))]
     if not rows:
