@@ -5,6 +5,8 @@
     python benchmarks/bench_train_step.py --opts MODEL.RETINANET.NUM_CLASSES 80   # COCO-like head
     python benchmarks/bench_train_step.py --pair rpn              # FocalRPN vs the 1:1 RPN
     python benchmarks/bench_train_step.py --pair ohem             # OHEM vs StandardROIHeads
+    python benchmarks/bench_train_step.py --pair precision        # bf16 autocast, channels_last vs fp32
+    python benchmarks/bench_train_step.py --pair precision --config configs/trees/rpn_ce.yaml
 
 Both variants are built from the same config, seed and batch (identical weights). Training steps
 and inference calls alternate A, B, A, B in one process; the reported ratio is the median of the
@@ -52,18 +54,30 @@ PAIRS = {
         },
         "reference": "StandardROIHeads",
     },
+    # The training step as Trainer runs it: SOLVER.AMP.ENABLED is bfloat16 autocast on a CPU.
+    "precision": {
+        "config": "configs/trees/retinanet.yaml",
+        "variants": {
+            "fp32": ["SOLVER.AMP.ENABLED", "False", "MODEL.CHANNELS_LAST", "False"],
+            "bf16 autocast": ["SOLVER.AMP.ENABLED", "True", "MODEL.CHANNELS_LAST", "False"],
+            "channels_last": ["SOLVER.AMP.ENABLED", "False", "MODEL.CHANNELS_LAST", "True"],
+            "bf16 + ch_last": ["SOLVER.AMP.ENABLED", "True", "MODEL.CHANNELS_LAST", "True"],
+        },
+        "reference": "fp32",
+    },
 }
 
 
 def build(config, opts, seed=0):
     from detectron2.data import DatasetCatalog, DatasetMapper
-    from detectron2.modeling import build_model
 
     from focal_rpn.config import load_config
+    from focal_rpn.engine import Trainer
 
     cfg = load_config(f"{ROOT}/{config}", opts)
     torch.manual_seed(seed)
-    model = build_model(cfg)
+    model = Trainer.build_model(cfg)  # channels_last when MODEL.CHANNELS_LAST
+    model.autocast = cfg.SOLVER.AMP.ENABLED
     mapper = DatasetMapper(cfg, is_train=True, augmentations=[])
     dicts = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])
     batch = [mapper(d) for d in dicts[1:1 + cfg.SOLVER.IMS_PER_BATCH]]
@@ -72,8 +86,10 @@ def build(config, opts, seed=0):
 
 
 def train_step(model, opt, batch):
+    """Forward, backward, SGD; under bfloat16 autocast when the config enables AMP (as Trainer)."""
     model.train()
-    loss = sum(model(batch).values())
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.autocast):
+        loss = sum(model(batch).values())
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -110,10 +126,13 @@ def main():
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pair", choices=sorted(PAIRS), default="retinanet")
+    ap.add_argument("--config", help="config of the pair's variants (default: the pair's own)")
     ap.add_argument("--steps", type=int, default=12, help="measured steps per variant (after 2 warm-up)")
     ap.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for all variants")
     args = ap.parse_args()
-    pair = PAIRS[args.pair]
+    pair = dict(PAIRS[args.pair])
+    if args.config:
+        pair["config"] = args.config
     names = list(pair["variants"])
     built = {n: build(pair["config"], args.opts + pair["variants"][n]) for n in names}
     ref_state = built[names[0]][0].state_dict()

@@ -36,13 +36,17 @@ _REDUCTIONS = ("none", "mean", "sum")
 def _sigmoid_focal_kernel(x: Tensor, t: Tensor, alpha: float, gamma: float) -> Tuple[Tensor, Tensor]:
     """Elementwise FL(p_t) = -α_t (1-p_t)^γ log p_t for logits ``x`` and soft targets ``t``.
 
-    Returns (loss, d loss / d x), both shaped like ``x``. Written with log-sigmoid forms (finite
-    for logits of ±100) and in-place updates, so that the eager fallback stays light too.
+    Returns (loss, d loss / d x), both shaped like ``x``. The cross-entropy factor is computed
+    exactly as ATen's ``binary_cross_entropy_with_logits`` does, (1 - t) x - log σ(x) (finite for
+    logits of ±100, the same bits eager and compiled), and multiplied by factors in [0, 1], so
+    that the focal loss is never above BCE, not even by rounding. In-place updates keep the eager
+    fallback light.
     """
     p = torch.sigmoid(x)
     q = torch.sigmoid(-x)  # 1 - p without cancellation
-    ce = F.logsigmoid(-x).neg_().sub_(t * x)  # BCE = softplus(x) - t x
-    one_minus_pt = (q - p).mul_(t).add_(p)  # t (1 - p) + (1 - t) p
+    ce = (1 - t).mul_(x).sub_(F.logsigmoid(x))
+    # t (1 - p) + (1 - t) p, clamped: rounding must not lift the modulator above 1
+    one_minus_pt = (q - p).mul_(t).add_(p).clamp_(0.0, 1.0)
     grad = p.mul(q) if gamma != 0 else None  # p (1 - p), needed for d(1 - p_t)/dx
     d_ce = p.sub_(t)  # d BCE / dx = p - t
     if gamma == 0:
@@ -66,6 +70,14 @@ def _sigmoid_focal_kernel(x: Tensor, t: Tensor, alpha: float, gamma: float) -> T
         grad = grad.mul_(alpha_t)
     return loss, grad
 
+
+def _bce_kernel(x: Tensor, t: Tensor, alpha: float, gamma: float) -> Tuple[Tensor, Tensor]:
+    """γ = 0 without α is binary cross-entropy: ATen's own kernel, so that the value and the
+    gradient are those of ``F.binary_cross_entropy_with_logits`` to the last bit (never compiled)."""
+    return F.binary_cross_entropy_with_logits(x, t, reduction="none"), torch.sigmoid(x).sub_(t)
+
+
+_bce_kernel.eager_only = True
 
 def _sigmoid_focal_star_kernel(x: Tensor, t: Tensor, gamma: float, beta: float) -> Tuple[Tensor, Tensor]:
     """Elementwise FL* = -log σ(γ x_t + β) / γ with x_t = (2t - 1) x. Returns (loss, d loss / d x)."""
@@ -143,7 +155,7 @@ def _run_kernel(kernel: Callable, args: tuple, sum_loss: bool):
     if key not in _compiled:
         _compiled[key] = [_summed(kernel) if sum_loss else kernel, None]
     entry = _compiled[key]
-    if _COMPILE and args[0].numel() >= _COMPILE_MIN_NUMEL:
+    if _COMPILE and args[0].numel() >= _COMPILE_MIN_NUMEL and not getattr(kernel, "eager_only", False):
         if entry[1] is None:
             entry[1] = torch.compile(entry[0], dynamic=True)
         try:
@@ -175,10 +187,14 @@ class _PrecomputedGradLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
-        go = grad_output.to(grad.dtype) / ctx.divisor
+        go = grad_output.to(grad.dtype)
         if go.dim() == 1 and grad.dim() == 2:  # per-row loss (softmax): broadcast over classes
             go = go[:, None]
-        return (grad * go).to(ctx.grad_dtype), None, None, None, None
+        # scale, then divide: the order of ATen's BCE and cross-entropy backward ("mean")
+        out = grad * go
+        if ctx.divisor != 1:
+            out = out.div_(ctx.divisor)
+        return out.to(ctx.grad_dtype), None, None, None, None
 
 
 def _apply(logits: Tensor, kernel: Callable, kernel_args: tuple, reduction: str, out_shape,
@@ -187,8 +203,7 @@ def _apply(logits: Tensor, kernel: Callable, kernel_args: tuple, reduction: str,
 
     ``out_shape`` is the shape of the unreduced loss (that of logits, or (N,) for softmax);
     "mean" divides by its number of elements, or by ``mean_divisor`` when given. Reductions are
-    done in float32 before the cast to the input dtype (a float16 sum can overflow where the
-    mean does not)."""
+    done in float32 (a float16 sum can overflow where the mean does not)."""
     out_numel = 1
     for d in out_shape:
         out_numel *= int(d)
@@ -196,7 +211,9 @@ def _apply(logits: Tensor, kernel: Callable, kernel_args: tuple, reduction: str,
         out_numel = max(int(mean_divisor), 1)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    dtype = logits.dtype if logits.is_floating_point() else torch.float32
+    # float32 out for float16/bfloat16 logits, as autocast's float32 ops (cross-entropy) return:
+    # a half-precision loss would round a small loss term away. float64 stays float64.
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     if logits.numel() == 0:
         if reduction == "none":
             return logits.new_zeros(out_shape, dtype=dtype)
@@ -220,6 +237,7 @@ def _with_label_targets(kernel: Callable) -> Callable:
         return kernel(x, (labels[..., None] == classes).to(x.dtype), *rest)
 
     kernel_labels.__name__ = kernel.__name__ + "_labels"
+    kernel_labels.eager_only = getattr(kernel, "eager_only", False)
     return kernel_labels
 
 
@@ -257,11 +275,13 @@ def sigmoid_focal_loss(
         gamma: focusing parameter γ ≥ 0.
         reduction: "none" (same shape as inputs) | "mean" | "sum" (scalars).
     Returns:
-        The loss in the dtype of ``inputs`` (computed in float32, float64 kept as float64).
+        The loss in float32 (float64 for float64 inputs), computed in that precision; the gradient
+        flows back in the dtype of ``inputs``.
     """
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
-    kernel, x, t = _targets_args(inputs, targets, _sigmoid_focal_kernel, "sigmoid_focal_loss")
+    fused = _bce_kernel if gamma == 0 and alpha < 0 else _sigmoid_focal_kernel
+    kernel, x, t = _targets_args(inputs, targets, fused, "sigmoid_focal_loss")
     return _apply(inputs, kernel, (x, t, float(alpha), float(gamma)), reduction, inputs.shape)
 
 

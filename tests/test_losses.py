@@ -169,12 +169,14 @@ def test_paper_loss_reduction_vs_ce(p_t, factor):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_returns_input_dtype(dtype):
+def test_low_precision_logits_give_a_float32_loss(dtype):
+    """Half-precision logits (autocast): the loss is computed and returned in float32, as
+    autocast's float32 ops return it; the gradient flows back in the logits' dtype."""
     x, t = _inputs()
     xl = x.to(dtype).requires_grad_()
     out = sigmoid_focal_loss(xl, t.to(dtype), 0.25, 2.0, "sum")
     out.backward()
-    assert out.dtype == dtype and xl.grad.dtype == dtype
+    assert out.dtype == torch.float32 and xl.grad.dtype == dtype
     ref = torchvision.ops.sigmoid_focal_loss(x.to(dtype).float(), t, 0.25, 2.0, "sum")
     torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)
 
@@ -219,7 +221,8 @@ def test_property_finite(n, k, scale, dtype, gamma, seed):
         sigmoid_focal_loss_star(x, t, max(gamma, 0.5), 1.0, "mean"),
         softmax_focal_loss(x, labels, 0.25, gamma, "mean"),
     ):
-        assert out.dtype == dtype and torch.isfinite(out)
+        assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+        assert torch.isfinite(out)
         (grad,) = torch.autograd.grad(out, x)
         assert torch.isfinite(grad).all()
 
@@ -246,3 +249,46 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
     ref, g_ref = _value_and_grad(torchvision.ops.sigmoid_focal_loss, x, t, 0.25, 2.0, "sum")
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-6)
+
+
+# ---- exactness where the reference is exact (torchvision's and fvcore's own focal-loss checks) ----
+def _extreme_inputs(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.randn(n, generator=g) * 8, torch.linspace(-110, 110, 2001),
+                   torch.randn(n, generator=g) * 1e-3, torch.tensor([0.0, -0.0, 88.7, -88.7, 1e-30])])
+    t = (torch.rand(x.numel(), generator=g) < 0.3).float()
+    return x, t
+
+
+@pytest.mark.parametrize("labels", [False, True], ids=["float-targets", "int-labels"])
+@pytest.mark.parametrize("n", [7, 1000, 300_000])  # 300k: above the size where compiled kernels are used
+def test_gamma0_without_alpha_is_bce_bit_for_bit(n, labels, compile_mode):
+    x, t = _extreme_inputs(n, seed=n)
+    for reduction in REDUCTIONS:
+        if labels:  # (M, 1) logits against class index 0 (object) or 1 (background)
+            ours, g_ours = _value_and_grad(sigmoid_focal_loss, x[:, None], (1 - t).long(), -1.0, 0.0, reduction)
+            g_ours = g_ours[:, 0]
+            ours = ours[:, 0] if reduction == "none" else ours
+        else:
+            ours, g_ours = _value_and_grad(sigmoid_focal_loss, x, t, -1.0, 0.0, reduction)
+        ref, g_ref = _value_and_grad(F.binary_cross_entropy_with_logits, x, t, reduction=reduction)
+        assert torch.equal(ours, ref), (reduction, (ours - ref).abs().max())
+        assert torch.equal(g_ours, g_ref), (reduction, (g_ours - g_ref).abs().max())
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 3.7, 5.0])
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_focal_loss_never_exceeds_bce(alpha, gamma, compile_mode):
+    x, t = _extreme_inputs(150_000, seed=3)  # large enough for the compiled kernel
+    fl = sigmoid_focal_loss(x, t, alpha, gamma, "none")
+    bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    assert (fl <= bce).all(), (x[fl > bce][:5], (fl - bce).max())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0.0, 1.0), st.floats(0.0, 6.0), st.integers(0, 2**31 - 1))
+def test_focal_loss_never_exceeds_bce_property(alpha, gamma, seed):
+    x, t = _extreme_inputs(500, seed)
+    t = torch.where(torch.arange(t.numel()) % 3 == 0, torch.rand(t.numel(), generator=torch.Generator().manual_seed(seed)), t)
+    fl = sigmoid_focal_loss(x, t, alpha, gamma, "none")
+    assert (fl <= F.binary_cross_entropy_with_logits(x, t, reduction="none")).all()

@@ -8,6 +8,8 @@ from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
 
 from ..data import CheckedDatasetMapper, build_train_augmentations, check_dataset, ensure_json
+from ..modeling.channels_last import to_channels_last
+from .autocast import amp_trainer
 
 _d2_create_ddp_model = d2_defaults.create_ddp_model
 
@@ -21,13 +23,21 @@ def create_ddp_model(model, **kwargs):
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer that checks its datasets up front and evaluates with COCOEvaluator."""
+    """DefaultTrainer that checks its datasets up front, evaluates with COCOEvaluator, trains
+    with bfloat16 autocast on a CPU when SOLVER.AMP.ENABLED (Detectron2's AMPTrainer on CUDA), and
+    builds channels_last models when MODEL.CHANNELS_LAST."""
 
     def __init__(self, cfg):
         for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
             check_dataset(name)
-        with mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model):
+        with mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model), \
+                mock.patch.object(d2_defaults, "AMPTrainer", amp_trainer):
             super().__init__(cfg)
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        return to_channels_last(model) if cfg.MODEL.CHANNELS_LAST else model
 
     @classmethod
     def build_train_loader(cls, cfg):
