@@ -110,3 +110,20 @@ def test_ohem_trains_only_on_kept_anchors(make_cfg):
     losses["loss_cls"].backward()
     assert captured["logits"].shape[0] == 16
     assert (captured["logits"].grad.abs().sum(1) > 0).all()
+
+
+def test_gamma_0_with_alpha_075_is_alpha_balanced_ce(make_cfg):
+    """Why the study has no gamma_0 run: FL with γ = 0, α = 0.75 is α-balanced CE, to the bit."""
+    batch = _batch(make_cfg(), 2, start=1)
+    out = []
+    for opts in (["MODEL.RETINANET.FOCAL_LOSS_GAMMA", "0.0"], ["MODEL.RETINANET.LOSS_TYPE", "alpha_ce"]):
+        cfg = make_cfg("configs/synthetic/retinanet.yaml", "MODEL.RETINANET.FOCAL_LOSS_ALPHA", "0.75", *opts)
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        with EventStorage():
+            losses = model(batch)
+        sum(losses.values()).backward()
+        out.append((losses, [p.grad for p in model.parameters() if p.grad is not None]))
+    (a, ga), (b, gb) = out
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(x, y) for x, y in zip(ga, gb))

@@ -1,8 +1,11 @@
 """The ablation runner, the loss-CDF figure and the visualiser, end to end on tiny runs."""
 import csv
+import json
 import os
+import shutil
 
 import numpy as np
+import pytest
 import torch
 
 from focal_rpn import ablate, loss_cdf, visualize
@@ -15,34 +18,79 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+def _summaries(results_dir, suite):
+    root = results_dir / "synthetic" / suite
+    return {(p.parent.name, p.name): json.loads(p.read_text()) for p in sorted(root.glob("*/seed*.json"))}
+
+
 def test_rpn_suite_on_synthetic(tmp_path, capsys):
-    ablate.main(["--suite", "rpn", "--dataset", "synthetic", "--out", str(tmp_path), "--opts", *FAST])
-    out = tmp_path / "rpn-synthetic"
-    rows = _rows(out / "results.csv")
-    assert [r["variant"] for r in rows] == ablate.RPN_VARIANTS
-    assert all(r["AR@100"] != "" and r["AP50"] != "" for r in rows)
-    assert (out / "results.png").stat().st_size > 0 and (out / "results.md").exists()
+    res = tmp_path / "results"
+    args = ["--suite", "rpn", "--dataset", "synthetic", "--out", str(tmp_path / "runs"), "--results", str(res)]
+    ablate.main(args + ["--opts", *FAST])
+    summaries = _summaries(res, "rpn")
+    assert sorted(summaries) == sorted((v, "seed0.json") for v in ablate.RPN_VARIANTS)
+    s = summaries[("rpn_ce", "seed0.json")]
+    assert {"seed", "iterations", "s_per_iter", "peak_rss_mb", "config_sha256", "git_commit"} <= set(s)
+    assert s["iterations"] == 2 and s["peak_rss_mb"] > 100 and len(s["config_sha256"]) == 64
+    assert {"bbox/AP", "bbox/AP50", "bbox/AP75", "box_proposals/AR@100", "box_proposals/AR@1000"} <= set(s["metrics"])
+    # metrics.json of the run holds the same final values under the same names
+    with open(tmp_path / "runs" / "rpn-synthetic" / "rpn_ce" / "seed0" / "metrics.json") as f:
+        last = [json.loads(line) for line in f if "bbox/AP50" in line][-1]
+    assert last["bbox/AP50"] == s["metrics"]["bbox/AP50"]
+    md = (res / "synthetic" / "rpn" / "results.md").read_text()
+    assert "Paired difference to `rpn_ce`" in md and "AR@1000" in md
+    assert (res / "synthetic" / "rpn" / "results.png").stat().st_size > 0
     capsys.readouterr()
-    ablate.main(["--suite", "rpn", "--dataset", "synthetic", "--out", str(tmp_path), "--opts", *FAST])
-    assert capsys.readouterr().out.count("finished, skipped") == len(ablate.RPN_VARIANTS)
+    ablate.main(args + ["--opts", *FAST])  # a second call trains nothing
+    assert capsys.readouterr().out.count("summary exists, skipped") == len(ablate.RPN_VARIANTS)
 
 
-def test_retinanet_suite_on_synthetic_with_seeds(tmp_path):
-    variants = ["ce", "gamma_2", "fl_star", "ohem_1_3"]
-    ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--seeds", "2", "--variants", *variants,
-                 "--out", str(tmp_path), "--opts", *FAST])
-    rows = _rows(tmp_path / "retinanet-synthetic" / "results.csv")
-    assert [(r["variant"], r["seed"]) for r in rows] == [(v, str(s)) for v in variants for s in (0, 1)]
-    md = (tmp_path / "retinanet-synthetic" / "results.md").read_text()
-    assert "±" in md and all(v in md for v in variants)
-    # A third seed of one variant, then --report tabulates every finished run, uneven seeds included.
-    ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--seeds", "3", "--variants", "ce",
-                 "--out", str(tmp_path), "--opts", *FAST])
-    ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--report", "--out", str(tmp_path)])
-    rows = _rows(tmp_path / "retinanet-synthetic" / "results.csv")
+def test_retinanet_suite_seeds_report_and_stale_runs(tmp_path, capsys):
+    res = tmp_path / "results"
+    base = ["--suite", "retinanet", "--dataset", "synthetic", "--out", str(tmp_path / "runs"), "--results", str(res)]
+    variants = ["ce", "gamma_2", "ohem_1_3"]
+    ablate.main(base + ["--seeds", "2", "--variants", *variants, "--opts", *FAST])
+    ablate.main(base + ["--seeds", "3", "--variants", "ce", "--opts", *FAST])  # a third seed of one variant
+    rows = _rows(res / "synthetic" / "retinanet" / "results.csv")
     assert [(r["variant"], r["seed"]) for r in rows] == [("ce", "0"), ("ce", "1"), ("ce", "2")] + [
         (v, str(s)) for v in variants[1:] for s in (0, 1)]
-    assert "| ce | 3 |" in (tmp_path / "retinanet-synthetic" / "results.md").read_text()
+    md = (res / "synthetic" / "retinanet" / "results.md").read_text()
+    assert "| ce | 3 |" in md and "| ce | 2 |" in md  # 3 seeds; 2 of them paired with gamma_2
+    # --report rebuilds the same files from the summaries alone (run folders deleted)
+    shutil.rmtree(tmp_path / "runs")
+    (res / "synthetic" / "retinanet" / "results.md").unlink()
+    ablate.main(base + ["--report", "--opts", *FAST])
+    assert (res / "synthetic" / "retinanet" / "results.md").read_text() == md
+    # a summary of another config is stale: reported, left out of the means, run again
+    path = res / "synthetic" / "retinanet" / "ce" / "seed2.json"
+    s = json.loads(path.read_text())
+    s["config_sha256"] = "0" * 64
+    path.write_text(json.dumps(s))
+    ablate.main(base + ["--report", "--opts", *FAST])
+    md = (res / "synthetic" / "retinanet" / "results.md").read_text()
+    assert "Stale (config changed since the run; left out): ce seed 2" in md and "| ce | 2 |" in md
+    capsys.readouterr()
+    ablate.main(base + ["--seeds", "3", "--variants", "ce", "--opts", *FAST])
+    assert "ce seed 2: summary is stale" in capsys.readouterr().out
+    assert json.loads(path.read_text())["config_sha256"] != "0" * 64
+
+
+def test_a_broken_summary_is_named(tmp_path):
+    bad = tmp_path / "synthetic" / "rpn_lambda" / "lambda_1" / "seed0.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="seed0.json is not a run summary"):
+        ablate.main(["--suite", "rpn_lambda", "--dataset", "synthetic", "--report", "--results", str(tmp_path)])
+
+
+def test_suites_and_references():
+    for suite, ref in ablate.REFERENCES.items():
+        names = [v.name for v in ablate.suite_variants(suite, "trees")]
+        assert ref in names
+    lam = ablate.suite_variants("rpn_lambda", "trees")
+    assert [v.opts for v in lam] == [["MODEL.FOCAL_RPN.CLS_LOSS_WEIGHT", str(x)] for x in (0.1, 0.3, 1.0, 3.0)]
+    assert all(v.config == "configs/trees/rpn_fl_sigmoid.yaml" for v in lam)
+    assert "gamma_0" not in ablate.RETINANET_VARIANTS  # alpha_ce by construction (test_retinanet)
 
 
 def test_loss_cdf_on_a_trained_checkpoint(trained, tmp_path):

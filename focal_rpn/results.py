@@ -1,0 +1,192 @@
+"""Per-run summaries of the ablation study, kept as data in the repository, and the tables and
+plot rebuilt from them alone.
+
+One finished run leaves ``RESULTS/<dataset>/<suite>/<variant>/seed<K>.json``::
+
+    {"variant", "seed", "iterations", "s_per_iter", "peak_rss_mb", "wall_s", "config_sha256",
+     "git_commit", "metrics": {"bbox/AP": ..., "bbox/AP50": ..., "box_proposals/AR@1000": ...}}
+
+``config_sha256`` is the SHA-256 of the run's full config dump (OUTPUT_DIR blanked): a summary
+whose hash differs from what its variant builds today is *stale*, reported and left out.
+"""
+import csv
+import hashlib
+import json
+import math
+import os
+import statistics
+import subprocess
+from typing import Callable, Dict, List, Optional
+
+from .stats import Interval, mean_ci, paired_difference, verdict
+
+METRICS = ["bbox/AP", "bbox/AP50", "bbox/AP75"]
+PROPOSAL_METRICS = ["box_proposals/AR@100", "box_proposals/AR@1000"]
+
+
+def config_sha256(cfg) -> str:
+    """SHA-256 of ``cfg.dump()`` with OUTPUT_DIR blanked (where a run is written is not what it is)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.OUTPUT_DIR = ""
+    return hashlib.sha256(cfg.dump().encode()).hexdigest()
+
+
+def git_commit(root: str) -> str:
+    """HEAD of the repository at ``root``, with "-dirty" when tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def final_metrics(run_dir: str) -> Dict[str, float]:
+    """The last evaluation's bbox/* and box_proposals/* values and the median training step time
+    (``s_per_iter``) from a run's metrics.json."""
+    out: Dict[str, float] = {}
+    times = []
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        for line in f:
+            row = json.loads(line)
+            if "time" in row:
+                times.append(row["time"])
+            out.update({k: v for k, v in row.items() if k.startswith(("bbox/", "box_proposals/"))})
+    if "bbox/AP50" not in out:
+        raise ValueError(f"{run_dir}/metrics.json has no evaluation (bbox/AP50): the run did not finish")
+    out["s_per_iter"] = statistics.median(times) if times else math.nan
+    return out
+
+
+def summary_path(results_dir: str, dataset: str, suite: str, variant: str, seed: int) -> str:
+    return os.path.join(results_dir, dataset, suite, variant, f"seed{seed}.json")
+
+
+def write_summary(path: str, summary: dict) -> None:
+    """Writes ``summary`` atomically (a temporary file renamed): never a half summary."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_summary(path: str) -> dict:
+    """A summary file; anything else is an error naming the file."""
+    try:
+        with open(path) as f:
+            s = json.load(f)
+        int(s["seed"]), s["config_sha256"], s["metrics"]["bbox/AP50"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a run summary ({type(e).__name__}: {e})") from e
+    return {**s, "path": path}
+
+
+def read_summaries(results_dir: str, dataset: str, suite: str, variants: List[str],
+                   expected_sha: Callable[[str, int], str]):
+    """(current, stale): the summaries of ``variants`` under results_dir/dataset/suite, split by
+    whether their config_sha256 is what ``expected_sha(variant, seed)`` says the variant builds
+    today. A file that is not a summary is an error naming it."""
+    current, stale = [], []
+    for v in variants:
+        vdir = os.path.join(results_dir, dataset, suite, v)
+        names = sorted(os.listdir(vdir)) if os.path.isdir(vdir) else []
+        for name in names:
+            if not (name.startswith("seed") and name.endswith(".json") and name[4:-5].isdigit()):
+                continue
+            s = load_summary(os.path.join(vdir, name))
+            (current if s["config_sha256"] == expected_sha(v, int(s["seed"])) else stale).append(s)
+    current.sort(key=lambda s: (variants.index(s["variant"]), s["seed"]))
+    return current, stale
+
+
+def _fmt(iv: Interval, digits: int = 2) -> str:
+    if iv.n == 0:
+        return "-"
+    if iv.n == 1:
+        return f"{iv.mean:.{digits}f}"
+    return f"{iv.mean:.{digits}f} ± {iv.half_width:.{digits}f}"
+
+
+def tabulate(summaries: List[dict], variants: List[str], reference: str, title: str,
+             stale: Optional[List[dict]] = None) -> str:
+    """Markdown: per variant mean ± 95% CI half-width (Student t) of each metric, and the paired
+    difference to ``reference`` over the seeds both have, with its CI and a verdict."""
+    present = [v for v in variants if any(s["variant"] == v for s in summaries)]
+    metrics = [m for m in METRICS + PROPOSAL_METRICS if any(m in s["metrics"] for s in summaries)]
+    short = [m.split("/", 1)[1] for m in metrics]
+    by = {v: {s["seed"]: s for s in summaries if s["variant"] == v} for v in present}
+    lines = [f"### {title}", "",
+             "Mean ± half-width of the 95% confidence interval of the mean (Student t, n - 1 "
+             "degrees of freedom); one seed: the value alone.", "",
+             "| variant | seeds | " + " | ".join(short) + " | s/iter | peak RSS (MB) |",
+             "|---|---|" + "---|" * (len(metrics) + 2)]
+    for v in present:
+        runs = list(by[v].values())
+        cells = [_fmt(mean_ci([r["metrics"].get(m, math.nan) for r in runs])) for m in metrics]
+        cells += [_fmt(mean_ci([r["s_per_iter"] for r in runs])), _fmt(mean_ci([r["peak_rss_mb"] for r in runs]), 0)]
+        lines.append(f"| {v} | {len(runs)} | " + " | ".join(cells) + " |")
+    lines += ["", f"Paired difference to `{reference}` (same seeds), mean ± 95% CI half-width; "
+              "verdict `better`/`worse` when the interval excludes 0.", "",
+              "| variant | pairs | " + " | ".join(f"Δ{m} | verdict" for m in short) + " |",
+              "|---|---|" + "---|---|" * len(metrics)]
+    ref = by.get(reference, {})
+    for v in present:
+        if v == reference:
+            continue
+        cells, pairs = [], len(set(by[v]) & set(ref))
+        for m in metrics:
+            d = paired_difference({k: r["metrics"].get(m, math.nan) for k, r in by[v].items()},
+                                  {k: r["metrics"].get(m, math.nan) for k, r in ref.items()})
+            cells += [_fmt(d) if d.n >= 2 else ("-" if d.n == 0 else _fmt(d)), verdict(d)]
+        lines.append(f"| {v} | {pairs} | " + " | ".join(cells) + " |")
+    if stale:
+        lines += ["", "Stale (config changed since the run; left out): "
+                  + ", ".join(f"{s['variant']} seed {s['seed']}" for s in stale)]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(summaries: List[dict], variants: List[str], reference: str, out_dir: str, title: str,
+                 stale: Optional[List[dict]] = None) -> str:
+    """Writes results.md (see :func:`tabulate`), results.csv (one row per run) and results.png
+    (AP50 and AP, means with 95% CIs) into ``out_dir``. Returns the markdown."""
+    os.makedirs(out_dir, exist_ok=True)
+    md = tabulate(summaries, variants, reference, title, stale)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(md)
+    keys = ["variant", "seed"] + METRICS + PROPOSAL_METRICS + ["iterations", "s_per_iter", "peak_rss_mb", "git_commit"]
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for s in summaries:
+            w.writerow({k: s["metrics"].get(k, s.get(k, "")) for k in keys})
+    _plot(summaries, variants, os.path.join(out_dir, "results.png"), title)
+    return md
+
+
+def _plot(summaries, variants, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [v for v in variants if any(s["variant"] == v for s in summaries)]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(present)), 4))
+    width = 0.4
+    for i, m in enumerate(["bbox/AP50", "bbox/AP"]):
+        ivs = [mean_ci([s["metrics"].get(m, math.nan) for s in summaries if s["variant"] == v]) for v in present]
+        err = [0 if math.isinf(iv.half_width) else iv.half_width for iv in ivs]
+        ax.bar([j + (i - 0.5) * width for j in range(len(present))], [iv.mean for iv in ivs], width,
+               yerr=err, capsize=3, label=m.split("/")[1])
+    ax.set_xticks(range(len(present)))
+    ax.set_xticklabels([f"{v}\n(n={sum(s['variant'] == v for s in summaries)})" for v in present],
+                       rotation=30, ha="right")
+    ax.set_ylabel("box AP (%), mean and 95% CI")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,56 @@
+"""Confidence intervals, paired differences and verdicts on hand-made numbers."""
+import math
+
+import pytest
+
+from focal_rpn.stats import mean_ci, paired_difference, t_quantile, verdict
+
+# Two-sided 95% Student-t quantiles from printed tables (e.g. NIST/SEMATECH e-Handbook, 1.3.6.7.2).
+T_TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 10: 2.228, 30: 2.042, 100: 1.984}
+
+
+@pytest.mark.parametrize("df,expected", T_TABLE.items())
+def test_t_quantile_matches_the_table(df, expected):
+    assert t_quantile(0.95, df) == pytest.approx(expected, abs=6e-4)
+
+
+def test_t_quantile_other_levels():
+    assert t_quantile(0.90, 4) == pytest.approx(2.132, abs=6e-4)
+    assert t_quantile(0.99, 7) == pytest.approx(3.499, abs=6e-4)
+
+
+def test_known_t_interval():
+    # 1..5: mean 3, s = sqrt(2.5); half-width t(0.975, 4) * s / sqrt(5) = 2.776445 * 0.707107
+    iv = mean_ci([1, 2, 3, 4, 5])
+    assert (iv.mean, iv.n) == (3, 5)
+    assert iv.std == pytest.approx(math.sqrt(2.5))
+    assert iv.half_width == pytest.approx(2.776445 * math.sqrt(0.5), rel=1e-5)
+    assert (iv.low, iv.high) == pytest.approx((3 - 1.963243, 3 + 1.963243), rel=1e-5)
+
+
+def test_one_or_no_value():
+    one = mean_ci([4.2])
+    assert one.mean == 4.2 and one.std == 0 and math.isinf(one.half_width)
+    assert verdict(one) == "not resolved"
+    assert mean_ci([float("nan")]).n == 0
+
+
+def test_paired_difference_uses_common_seeds_only():
+    variant = {0: 30.0, 1: 31.0, 2: 29.5, 3: 40.0}
+    reference = {0: 28.0, 1: 29.5, 2: 28.0, 4: 10.0}  # seeds 3 and 4 have no partner
+    d = paired_difference(variant, reference)
+    # differences 2.0, 1.5, 1.5: mean 5/3, s = sqrt(1/12), t(0.975, 2) = 4.302653
+    assert d.n == 3 and d.mean == pytest.approx(5 / 3)
+    assert d.half_width == pytest.approx(4.302653 * math.sqrt(1 / 12) / math.sqrt(3), rel=1e-5)
+    assert verdict(d) == "better"  # [1.05, 2.28]: excludes 0
+
+
+def test_pairing_resolves_what_unpaired_intervals_cannot():
+    # seed-to-seed spread of ±3 shared by both variants; a constant +0.5 gain
+    ref = {0: 25.0, 1: 28.0, 2: 31.0, 3: 27.0, 4: 29.0}
+    var = {k: v + 0.5 + (0.05 if k % 2 else -0.05) for k, v in ref.items()}
+    assert mean_ci(list(var.values())).half_width > 2
+    assert verdict(paired_difference(var, ref)) == "better"
+    assert verdict(paired_difference(ref, var)) == "worse"
+    noisy = {0: 26.0, 1: 27.0, 2: 32.0, 3: 26.5, 4: 29.0}
+    assert verdict(paired_difference(noisy, ref)) == "not resolved"
