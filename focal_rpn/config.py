@@ -74,6 +74,10 @@ def add_focal_rpn_config(cfg):
     # few dozen trees tiles take ~40 MB and save a PNG decode per crop; COCO's 118k would not fit.
     _C.DATALOADER.CACHE_IMAGES = False
 
+    # The user's own datasets, registered before anything is built (focal_rpn/data/user_datasets.py):
+    # "NAME=coco:ANNOTATIONS.json:IMAGE_DIR" or "NAME=voc:DIR" (images + Pascal VOC XMLs).
+    _C.DATASETS.REGISTER = ()
+
     # ---- Data augmentation (applied in training only) ----
     # Aerial photographs have no "up": a vertical flip and 90° rotations are free augmentations.
     _C.INPUT.VERTICAL_FLIP = False
@@ -85,12 +89,16 @@ def add_focal_rpn_config(cfg):
 
 
 def load_config(config_file: str, opts=(), freeze: bool = True):
-    """Detectron2's defaults + focal_rpn's keys, then ``config_file`` and ``opts`` (KEY VALUE ...)."""
+    """Detectron2's defaults + focal_rpn's keys, then ``config_file`` and ``opts`` (KEY VALUE ...).
+    Registers DATASETS.REGISTER and checks the class count of the config's datasets."""
     from detectron2.config import get_cfg
 
     cfg = add_focal_rpn_config(get_cfg())
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    from .data.user_datasets import register_from_config
+
+    register_from_config(cfg)  # here, so that every tool and every launch() worker has them
     if freeze:
         cfg.freeze()
     return cfg

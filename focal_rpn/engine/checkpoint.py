@@ -1,8 +1,32 @@
-"""Loading weights for evaluation, where a checkpoint that does not fit the model is an error."""
+"""Checkpoint loading with errors that name the file: a file that is not a checkpoint, and (for
+evaluation) a checkpoint that does not fit the model."""
+import os
+
 from detectron2.checkpoint import DetectionCheckpointer
 
 
-class _StrictCheckpointer(DetectionCheckpointer):
+class CheckedCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer whose unreadable files (truncated, not a checkpoint) raise an error
+    that names the file and says what it is not, instead of the unpickler's raw message."""
+
+    def _load_file(self, filename):
+        try:
+            data = super()._load_file(filename)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # torch.load / pickle raise many types for a bad file
+            size = os.path.getsize(filename) if os.path.isfile(filename) else 0
+            raise ValueError(
+                f"MODEL.WEIGHTS {filename} ({size} bytes) is not a readable checkpoint: {type(e).__name__}: {e}. "
+                "Expected a .pth saved by Detectron2/torch.save (a dict with 'model') or a .pkl of "
+                "Detectron2's model zoo; the file may be truncated (an interrupted copy or download)."
+            ) from e
+        if not isinstance(data, dict):
+            raise ValueError(f"MODEL.WEIGHTS {filename} holds a {type(data).__name__}, not a checkpoint dict")
+        return data
+
+
+class _StrictCheckpointer(CheckedCheckpointer):
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)
         if incompatible.missing_keys:

@@ -10,6 +10,7 @@ from detectron2.evaluation import COCOEvaluator
 from ..data import CheckedDatasetMapper, build_train_augmentations, check_dataset, ensure_json
 from ..modeling.channels_last import to_channels_last
 from .autocast import amp_trainer
+from .checkpoint import CheckedCheckpointer
 
 _d2_create_ddp_model = d2_defaults.create_ddp_model
 
@@ -31,7 +32,8 @@ class Trainer(DefaultTrainer):
         for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
             check_dataset(name)
         with mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model), \
-                mock.patch.object(d2_defaults, "AMPTrainer", amp_trainer):
+                mock.patch.object(d2_defaults, "AMPTrainer", amp_trainer), \
+                mock.patch.object(d2_defaults, "DetectionCheckpointer", CheckedCheckpointer):
             super().__init__(cfg)
 
     @classmethod
