@@ -1,18 +1,20 @@
 """Focal losses with a fused, analytic backward.
 
 Every component of focal_rpn (FocalRetinaNet, FocalRPN, the focal ROI classifier) takes its
-classification loss from here. Each loss computes its value *and* its gradient in one forward
-pass; autograd then only scales the saved gradient by ``grad_output``. Compared with the
-composite torchvision/fvcore versions (about eight elementwise ops whose intermediates all stay
-alive for backward), this keeps one logits-sized tensor for backward and, when torch.compile
-works on the machine, runs the whole loss-and-gradient as one fused loop.
+classification loss from here. The sigmoid losses (RetinaNet: ~100k anchors x K classes) compute
+their value *and* their gradient in one forward pass; autograd then only scales the saved
+gradient by ``grad_output``. Compared with the composite torchvision/fvcore versions (about eight
+elementwise ops whose intermediates all stay alive for backward), this keeps one logits-sized
+tensor for backward and, when torch.compile works on the machine, runs the whole
+loss-and-gradient as one fused loop. The softmax loss (RoIs, the 2-way RPN) is ATen's fused
+cross-entropy plus elementwise ops on one value per row, under autograd.
 
 Shapes: ``sigmoid_*`` take ``inputs`` and ``targets`` of any shape (the same for both);
 ``softmax_focal_loss`` takes ``logits`` (N, K) and integer ``labels`` (N,).
 """
 import logging
 import os
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -85,40 +87,6 @@ def _sigmoid_focal_star_kernel(x: Tensor, t: Tensor, gamma: float, beta: float) 
     z = gamma * sign * x + beta
     loss = -F.logsigmoid(z) / gamma
     grad = -sign * torch.sigmoid(-z)
-    return loss, grad
-
-
-def _softmax_focal_kernel(
-    z: Tensor, labels: Tensor, class_weight: Optional[Tensor], gamma: float, ignore_index: int
-) -> Tuple[Tensor, Tensor]:
-    """Row-wise -α_y (1-p_y)^γ log p_y for logits ``z`` (N, K) and labels (N,).
-
-    Returns (loss (N,), d loss / d z (N, K)). Rows labelled ``ignore_index`` get 0 and 0.
-    """
-    valid = labels != ignore_index
-    safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
-    log_prob = F.log_softmax(z, dim=1)
-    log_py = log_prob.gather(1, safe_labels[:, None])[:, 0]
-    py = log_py.exp()
-    one_minus_py = -torch.expm1(log_py)
-    if gamma == 0:
-        modulator = torch.ones_like(py)
-        d_mod_term = torch.zeros_like(py)
-    else:
-        modulator = one_minus_py.pow(gamma)
-        safe = torch.where(one_minus_py > 0, one_minus_py, torch.ones_like(py))
-        d_mod_term = torch.where(
-            one_minus_py > 0, gamma * safe.pow(gamma - 1) * py * log_py, torch.zeros_like(py)
-        )
-    weight = valid.to(z.dtype)
-    if class_weight is not None:
-        weight = weight * class_weight[safe_labels]
-    loss = -weight * modulator * log_py
-    # dL/d log p_y, then d log p_y / dz = onehot(y) - softmax(z)
-    d_log_py = -weight * (modulator - d_mod_term)
-    grad = log_prob.exp().mul_(-1)
-    grad.scatter_add_(1, safe_labels[:, None], torch.ones_like(log_py)[:, None])
-    grad.mul_(d_log_py[:, None])
     return loss, grad
 
 
@@ -197,18 +165,15 @@ class _PrecomputedGradLoss(torch.autograd.Function):
         return out.to(ctx.grad_dtype), None, None, None, None
 
 
-def _apply(logits: Tensor, kernel: Callable, kernel_args: tuple, reduction: str, out_shape,
-           mean_divisor: Optional[int] = None) -> Tensor:
+def _apply(logits: Tensor, kernel: Callable, kernel_args: tuple, reduction: str, out_shape) -> Tensor:
     """Runs a loss-and-gradient kernel and wires its gradient into autograd.
 
     ``out_shape`` is the shape of the unreduced loss (that of logits, or (N,) for softmax);
-    "mean" divides by its number of elements, or by ``mean_divisor`` when given. Reductions are
+    "mean" divides by its number of elements. Reductions are
     done in float32 (a float16 sum can overflow where the mean does not)."""
     out_numel = 1
     for d in out_shape:
         out_numel *= int(d)
-    if mean_divisor is not None:
-        out_numel = max(int(mean_divisor), 1)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     # float32 out for float16/bfloat16 logits, as autocast's float32 ops (cross-entropy) return:
@@ -335,8 +300,26 @@ def softmax_focal_loss(
     else:
         class_weight = torch.full((num_classes,), float(alpha), device=logits.device, dtype=cdt)
         class_weight[-1] = 1.0 - float(alpha)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    # The rows are few (RoIs) or narrow (2-way RPN): ATen's fused cross-entropy (log-softmax and
+    # gather in one op, keeping one (N, K) tensor for backward) plus elementwise ops on (N,)
+    # vectors under autograd is as fast and as light as it gets; a fused kernel measured slower.
     labels = labels.long()
-    args = (logits.to(cdt), labels, class_weight, float(gamma), int(ignore_index))
+    ce = F.cross_entropy(logits.to(cdt), labels, reduction="none", ignore_index=ignore_index)  # -log p_y, 0 if ignored
+    loss = ce
+    if gamma != 0:
+        one_minus_py = -torch.expm1(-ce)
+        # (1 - p_y)^γ with its limit 0 (and a zero, not 0·inf, gradient) where p_y rounds to 1
+        positive = one_minus_py > 0
+        safe = torch.where(positive, one_minus_py, torch.ones_like(one_minus_py))
+        loss = ce * torch.where(positive, safe.pow(gamma), torch.zeros_like(safe))
+    valid = labels != ignore_index
+    if class_weight is not None:
+        loss = loss * class_weight[torch.where(valid, labels, torch.zeros_like(labels))]
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
     # "mean" averages over the rows that count, as F.cross_entropy does with ignore_index.
-    num_valid = int((labels != ignore_index).sum()) if reduction == "mean" else None
-    return _apply(logits, _softmax_focal_kernel, args, reduction, labels.shape, num_valid)
+    return loss.sum() / valid.sum().clamp(min=1).to(loss.dtype)
