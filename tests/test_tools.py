@@ -133,3 +133,24 @@ def test_anchor_report_counts(tmp_path, capsys):
     totals = {int(r["positive"]) + int(r["negative"]) + int(r["ignored"]) for r in rows}
     assert len(totals) == 1  # same image size, same number of anchors
     assert "negative:positive" in capsys.readouterr().out
+
+
+def test_evaluation_view_counts_and_colours():
+    """Two crowns, three detections: one true positive, a lower-scored duplicate of the same crown
+    (a false positive, as in COCO), one detection on nothing; the second crown is missed."""
+    from detectron2.structures import BoxMode, Boxes, Instances
+
+    img = np.full((260, 300, 3), 255, dtype=np.uint8)  # boxes below the legend (top left)
+    gt = {"annotations": [{"bbox": [10, 100, 30, 120], "bbox_mode": BoxMode.XYXY_ABS},
+                          {"bbox": [150, 150, 180, 180], "bbox_mode": BoxMode.XYXY_ABS}]}
+    inst = Instances((260, 300))
+    inst.pred_boxes = Boxes(torch.tensor([[11.0, 101, 31, 121], [12.0, 100, 30, 122], [200.0, 100, 230, 120],
+                                          [150.0, 150, 180, 180]]))
+    inst.scores = torch.tensor([0.9, 0.8, 0.7, 0.1])  # the last is below the score threshold
+    is_tp, matched = visualize.match_detections(inst.pred_boxes.tensor[:3], torch.tensor([[10.0, 100, 30, 120], [150.0, 150, 180, 180]]))
+    assert is_tp.tolist() == [True, False, False] and matched.tolist() == [True, False]
+    out = visualize.draw_evaluation(img, inst, gt, score_thresh=0.3)
+    c = visualize.EVAL_COLORS
+    assert tuple(out[180, 165]) == c["missed"]  # bottom edge of the missed crown
+    assert tuple(out[120, 215]) == c["false positive"]  # bottom edge of the detection on nothing
+    assert tuple(out[121, 20]) == c["true positive"]  # bottom edge of the true positive
