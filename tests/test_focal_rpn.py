@@ -20,7 +20,8 @@ SHAPES = {f"p{i}": ShapeSpec(channels=64, stride=2 ** i) for i in range(3, 7)}
 
 
 def _rpn(make_cfg, *opts):
-    cfg = make_cfg(SYNTH, *opts, "MODEL.RPN.SMOOTH_L1_BETA", "0.5")
+    # the paper's smooth-L1 regression (the trees recipe, which the synthetic config inherits, uses GIoU)
+    cfg = make_cfg(SYNTH, *opts, "MODEL.RPN.SMOOTH_L1_BETA", "0.5", "MODEL.RPN.BBOX_REG_LOSS_TYPE", "smooth_l1")
     return build_proposal_generator(cfg, SHAPES)
 
 
