@@ -1,7 +1,6 @@
 """focal_rpn.export: TorchScript files that reload and detect what the eager model detects."""
 import os
 
-import pytest
 import torch
 from detectron2.data import DatasetCatalog, detection_utils as utils
 
