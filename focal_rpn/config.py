@@ -88,6 +88,12 @@ def add_focal_rpn_config(cfg):
     return cfg
 
 
+def is_retinanet(cfg) -> bool:
+    """Whether cfg's meta-architecture is RetinaNet-like (MODEL.RETINANET.* keys apply) rather than
+    an R-CNN (MODEL.ROI_HEADS.*)."""
+    return "RetinaNet" in cfg.MODEL.META_ARCHITECTURE
+
+
 def load_config(config_file: str, opts=(), freeze: bool = True):
     """Detectron2's defaults + focal_rpn's keys, then ``config_file`` and ``opts`` (KEY VALUE ...).
     Registers DATASETS.REGISTER and checks the class count of the config's datasets."""

@@ -18,16 +18,16 @@ from typing import Callable, List, Tuple
 
 import numpy as np
 import torch
-from detectron2.data import MetadataCatalog, detection_utils as utils, transforms as T
+from detectron2.data import MetadataCatalog, detection_utils as utils
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 from torchvision.ops import batched_nms
 from tqdm import tqdm
 
-from .config import load_config
+from .config import is_retinanet, load_config
 from .data.trees import tile_origins
 from .data.user_datasets import IMAGE_EXTENSIONS
-from .engine import Trainer, load_weights_strict
+from .engine import strict_predictor
 from .visualize import draw_predictions
 
 
@@ -87,27 +87,8 @@ def merge_windows(per_window: List[Tuple[Tuple[int, int, int, int], Instances]],
     return out
 
 
-class Predictor:
-    """The model of ``cfg`` with its weights, predicting an (H, W, 3) BGR array at the test size."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.model = Trainer.build_model(cfg).eval()
-        load_weights_strict(self.model, cfg.MODEL.WEIGHTS)
-        s = cfg.INPUT.MIN_SIZE_TEST
-        self.resize = T.ResizeShortestEdge([s, s], cfg.INPUT.MAX_SIZE_TEST) if s > 0 else None
-
-    @torch.no_grad()
-    def __call__(self, bgr: np.ndarray) -> Instances:
-        h, w = bgr.shape[:2]
-        image = self.resize.get_transform(bgr).apply_image(bgr) if self.resize else bgr
-        image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return self.model([{"image": image, "height": h, "width": w}])[0]["instances"].to("cpu")
-
-
 def nms_thresh(cfg) -> float:
-    return cfg.MODEL.RETINANET.NMS_THRESH_TEST if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE \
-        else cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST
+    return cfg.MODEL.RETINANET.NMS_THRESH_TEST if is_retinanet(cfg) else cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST
 
 
 def predict_image(predict: Callable[[np.ndarray], Instances], bgr: np.ndarray, tile: int, overlap: int,
@@ -135,7 +116,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
     paths = expand_inputs(args.input)
-    predictor = Predictor(cfg)
+    d2_predictor = strict_predictor(cfg)  # resizes to INPUT.MIN_SIZE_TEST, maps back to the window
+
+    def predictor(bgr):
+        return d2_predictor(bgr)["instances"].to("cpu")
+
     meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else MetadataCatalog.get("__unused")
     names = meta.get("thing_classes", None) or [str(i) for i in range(1000)]
     to_dataset_id = {v: k for k, v in meta.get("thing_dataset_id_to_contiguous_id", {}).items()}

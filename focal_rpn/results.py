@@ -141,7 +141,7 @@ def tabulate(summaries: List[dict], variants: List[str], reference: str, title: 
         for m in metrics:
             d = paired_difference({k: r["metrics"].get(m, math.nan) for k, r in by[v].items()},
                                   {k: r["metrics"].get(m, math.nan) for k, r in ref.items()})
-            cells += [_fmt(d) if d.n >= 2 else ("-" if d.n == 0 else _fmt(d)), verdict(d)]
+            cells += [_fmt(d), verdict(d)]
         lines.append(f"| {v} | {pairs} | " + " | ".join(cells) + " |")
     if stale:
         lines += ["", "Stale (config changed since the run; left out): "

@@ -13,19 +13,17 @@ import os
 from typing import List, Optional
 
 import numpy as np
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, detection_utils as utils
-from detectron2.engine import DefaultPredictor
-from detectron2.structures import BoxMode, pairwise_iou, Boxes
+from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image, ImageDraw
-
-import torch
 
 # true positive, false positive, missed ground truth (colour-blind-safe: blue, orange, magenta)
 EVAL_COLORS = {"true positive": (0, 114, 178), "false positive": (230, 159, 0), "missed": (204, 0, 153)}
 
 from .config import load_config
-from .engine import load_weights_strict
+from .engine import strict_predictor
 
 
 def draw_predictions(image_rgb: np.ndarray, instances, metadata, score_thresh: float) -> np.ndarray:
@@ -86,8 +84,7 @@ def visualize(cfg, inputs: List[str], output_dir: str, score_thresh: float,
     """Runs the model of ``cfg`` on each input image and writes ``<name>.png`` into
     ``output_dir`` (prediction, with the ground truth on the left when ``gt_dicts`` is given;
     with ``eval_view``, the evaluation picture of :func:`draw_evaluation`). Returns the paths."""
-    predictor = DefaultPredictor(cfg)
-    load_weights_strict(predictor.model, cfg.MODEL.WEIGHTS)
+    predictor = strict_predictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     os.makedirs(output_dir, exist_ok=True)
     written = []

@@ -75,3 +75,11 @@ def test_predict_command_line(trained, tmp_path):
     assert (tmp_path / "out" / "big.png").exists() and (tmp_path / "out" / "small.png").exists()
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         predict.expand_inputs([str(tmp_path / "nothing_here")])
+
+
+def test_predict_names_an_unreadable_weights_file(tmp_path):
+    (tmp_path / "w.pth").write_text("not a checkpoint")
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match=f"MODEL.WEIGHTS {tmp_path / 'w.pth'} .* is not a readable checkpoint"):
+        predict.main(["--config-file", "configs/synthetic/retinanet.yaml", "--input", str(tmp_path / "a.png"),
+                      "--output", str(tmp_path / "out"), "MODEL.WEIGHTS", str(tmp_path / "w.pth")])

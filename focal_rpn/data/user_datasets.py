@@ -129,7 +129,9 @@ def register_dataset(spec: str) -> str:
 
 def num_classes_key(cfg) -> str:
     """The config key that sets the detector's number of classes for this meta-architecture."""
-    return "MODEL.RETINANET.NUM_CLASSES" if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE else "MODEL.ROI_HEADS.NUM_CLASSES"
+    from ..config import is_retinanet
+
+    return "MODEL.RETINANET.NUM_CLASSES" if is_retinanet(cfg) else "MODEL.ROI_HEADS.NUM_CLASSES"
 
 
 def register_from_config(cfg) -> None:

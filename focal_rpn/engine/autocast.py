@@ -1,8 +1,8 @@
 """Mixed precision on the CPU: bfloat16 autocast for Detectron2's training step.
 
 Detectron2's AMPTrainer is CUDA-only (float16 + GradScaler, and it asserts CUDA). On a CPU with
-bfloat16 units (AVX512-BF16, AMX) the convolutions run about 1.6x faster under
-``torch.autocast("cpu", torch.bfloat16)``; bfloat16 has float32's exponent range, so no loss
+bfloat16 units (AVX512-BF16, AMX) the trees RetinaNet training step took 0.50x the float32 time
+under ``torch.autocast("cpu", torch.bfloat16)`` (README, Performance); bfloat16 has float32's exponent range, so no loss
 scaling is needed. Parameters, gradients and the optimizer state stay float32.
 """
 import torch

@@ -54,3 +54,16 @@ def load_weights_strict(model, path: str, save_dir: str = "") -> None:
     if not path:
         raise ValueError("--eval-only needs MODEL.WEIGHTS (e.g. MODEL.WEIGHTS output/model_final.pth)")
     _StrictCheckpointer(model, save_dir=save_dir).load(path)
+
+
+def strict_predictor(cfg):
+    """Detectron2's DefaultPredictor (test-size resize, input format) with MODEL.WEIGHTS loaded by
+    :func:`load_weights_strict`, so that a wrong or unreadable checkpoint is an error naming it."""
+    from detectron2.engine import DefaultPredictor
+
+    no_weights = cfg.clone()
+    no_weights.defrost()
+    no_weights.MODEL.WEIGHTS = ""
+    predictor = DefaultPredictor(no_weights)
+    load_weights_strict(predictor.model, cfg.MODEL.WEIGHTS)
+    return predictor
