@@ -154,7 +154,9 @@ def main(argv=None):
     if args.report:
         report(suite_variants(args.suite, args.dataset), args.suite, args.dataset, args.results, args.opts)
         return
-    jobs = [(v, seed) for v in variants for seed in range(args.seeds)]
+    # Seed-major: a suite stopped part-way has every variant at the same seeds, so the paired
+    # comparisons it can already make use all of them.
+    jobs = [(v, seed) for seed in range(args.seeds) for v in variants]
     durations = []
     for i, (v, seed) in enumerate(jobs, start=1):
         path = results.summary_path(args.results, args.dataset, args.suite, v.name, seed)
