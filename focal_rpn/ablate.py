@@ -3,6 +3,9 @@
     python -m focal_rpn.ablate --suite rpn --dataset trees --seeds 5
     python -m focal_rpn.ablate --suite retinanet --dataset coco --num-gpus 8
     python -m focal_rpn.ablate --suite rpn --dataset trees --report     # tables from results/ alone
+    python -m focal_rpn.ablate --suite rpn --dataset coco --seeds 5 --launcher submitit \
+        --slurm-partition learnfair --gpus-per-run 8        # one SLURM job per run (focal_rpn.cluster)
+    python -m focal_rpn.ablate --suite rpn --dataset coco --seeds 5 --status
 
 Each run is an ordinary ``train_net.py`` training + evaluation in its own OUTPUT_DIR
 (``OUT/SUITE-DATASET/VARIANT/seedK``; an interrupted run resumes from its last checkpoint). A
@@ -89,9 +92,22 @@ def run_config(variant: Variant, seed: int, opts: List[str]):
     return load_config(os.path.join(ROOT, variant.config), variant.opts + list(opts) + ["SEED", str(seed)])
 
 
+def summarize(variant: Variant, seed: int, opts: List[str], run_dir: str, peak_rss_mb: float,
+              wall_s: float) -> dict:
+    """The summary of a finished run in ``run_dir`` (read from its metrics.json), whichever launcher
+    ran it."""
+    cfg = run_config(variant, seed, opts)
+    metrics = results.final_metrics(run_dir)
+    return {
+        "variant": variant.name, "seed": seed, "iterations": cfg.SOLVER.MAX_ITER,
+        "s_per_iter": metrics.pop("s_per_iter"), "peak_rss_mb": peak_rss_mb, "wall_s": wall_s,
+        "config_sha256": results.config_sha256(cfg), "git_commit": results.git_commit(ROOT), "metrics": metrics,
+    }
+
+
 def run_one(variant: Variant, seed: int, opts: List[str], run_dir: str, num_gpus: int) -> dict:
-    """Trains and evaluates one run (resuming when it has a checkpoint). Returns its summary
-    (without writing it)."""
+    """Trains and evaluates one run in a train_net.py process (resuming when it has a checkpoint).
+    Returns its summary (without writing it)."""
     os.makedirs(run_dir, exist_ok=True)
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", os.path.join(ROOT, variant.config),
            "--num-gpus", str(num_gpus)]
@@ -105,14 +121,7 @@ def run_one(variant: Variant, seed: int, opts: List[str], run_dir: str, num_gpus
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"run failed (exit {code}): {' '.join(cmd)}; see {run_dir}/stdout.txt")
-    cfg = run_config(variant, seed, opts)
-    metrics = results.final_metrics(run_dir)
-    return {
-        "variant": variant.name, "seed": seed, "iterations": cfg.SOLVER.MAX_ITER,
-        "s_per_iter": metrics.pop("s_per_iter"), "peak_rss_mb": usage.ru_maxrss / 1024,
-        "wall_s": time.time() - t0, "config_sha256": results.config_sha256(cfg),
-        "git_commit": results.git_commit(ROOT), "metrics": metrics,
-    }
+    return summarize(variant, seed, opts, run_dir, usage.ru_maxrss / 1024, time.time() - t0)
 
 
 def report(variants: List[Variant], suite: str, dataset: str, results_dir: str, opts: List[str]) -> str:
@@ -132,35 +141,52 @@ def report(variants: List[Variant], suite: str, dataset: str, results_dir: str, 
     return md
 
 
-def main(argv=None):
+def run_dir(out: str, suite: str, dataset: str, variant: str, seed: int) -> str:
+    """The OUTPUT_DIR of one run (absolute: cluster jobs may start elsewhere)."""
+    return os.path.abspath(os.path.join(out, f"{suite}-{dataset}", variant, f"seed{seed}"))
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", required=True, choices=SUITES)
     ap.add_argument("--dataset", default="trees", choices=["trees", "coco", "synthetic"])
     ap.add_argument("--seeds", type=int, default=1, help="runs per variant, with seeds 0..N-1")
-    ap.add_argument("--num-gpus", type=int, default=1, help="processes per run (CPU: gloo workers)")
+    ap.add_argument("--num-gpus", type=int, default=1, help="local launcher: processes per run (CPU: gloo workers)")
     ap.add_argument("--variants", nargs="*", help="only these variants")
-    ap.add_argument("--out", default="output/ablate", help="run folders (checkpoints, logs)")
+    ap.add_argument("--out", default="output/ablate", help="run folders (checkpoints, logs, cluster jobs)")
     ap.add_argument("--results", default=os.path.join(ROOT, "results"), help="summaries and reports (committed)")
     ap.add_argument("--report", action="store_true", help="train nothing: tabulate the suite's summaries")
+    ap.add_argument("--status", action="store_true",
+                    help="train nothing: how many runs are done, running, pending, failed (with their logs)")
+    ap.add_argument("--launcher", default="local", choices=["local", "submitit"],
+                    help="local: one run after another in this shell; submitit: one SLURM job per run")
+    cl = ap.add_argument_group("submitit launcher")
+    cl.add_argument("--slurm-partition", help="SLURM partition of the jobs")
+    cl.add_argument("--gpus-per-run", type=int, default=8, help="GPUs per node of each run (0: a CPU run)")
+    cl.add_argument("--nodes-per-run", type=int, default=1, help="machines per run (launch's --num-machines)")
+    cl.add_argument("--timeout-min", type=int, default=24 * 60,
+                    help="time limit of a job; a run that needs longer is requeued and resumes")
+    cl.add_argument("--slurm-extra", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="other sbatch settings, e.g. cpus_per_task=80 mem_gb=400 account=X constraint=volta32gb")
+    cl.add_argument("--wait", action="store_true", help="block until the jobs end, then write the report")
+    cl.add_argument("--submitit-cluster", choices=["slurm", "local"], help=argparse.SUPPRESS)  # tests: force local
     ap.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                     help="config options for every run (they are part of each run's config hash)")
     args = ap.parse_args(argv)
-    variants = suite_variants(args.suite, args.dataset)
+    all_variants = suite_variants(args.suite, args.dataset)
+    variants = all_variants
     if args.variants:
         unknown = set(args.variants) - {v.name for v in variants}
         if unknown:
             ap.error(f"unknown variants {sorted(unknown)}; choose from {[v.name for v in variants]}")
         variants = [v for v in variants if v.name in args.variants]
-    if args.report:
-        report(suite_variants(args.suite, args.dataset), args.suite, args.dataset, args.results, args.opts)
-        return
-    # Seed-major: a suite stopped part-way has every variant at the same seeds, so the paired
-    # comparisons it can already make use all of them.
-    jobs = [(v, seed) for seed in range(args.seeds) for v in variants]
+    return args, all_variants, variants
+
+
+def run_local(jobs, args):
+    """Runs the jobs one after another in this shell (``--launcher local``)."""
     durations = []
-    for i, (v, seed) in enumerate(jobs, start=1):
-        path = results.summary_path(args.results, args.dataset, args.suite, v.name, seed)
-        expected = results.config_sha256(run_config(v, seed, args.opts))
+    for i, (v, seed, path, expected) in enumerate(jobs, start=1):
         if os.path.isfile(path):
             if results.load_summary(path)["config_sha256"] == expected:
                 print(f"[{i}/{len(jobs)}] {v.name} seed {seed}: summary exists, skipped")
@@ -170,10 +196,52 @@ def main(argv=None):
             if durations else ""
         print(f"[{i}/{len(jobs)}] {v.name} seed {seed}: running{eta}", flush=True)
         t0 = time.time()
-        run_dir = os.path.join(args.out, f"{args.suite}-{args.dataset}", v.name, f"seed{seed}")
-        results.write_summary(path, run_one(v, seed, args.opts, run_dir, args.num_gpus))
+        out = run_dir(args.out, args.suite, args.dataset, v.name, seed)
+        results.write_summary(path, run_one(v, seed, args.opts, out, args.num_gpus))
         durations.append(time.time() - t0)
-    report(suite_variants(args.suite, args.dataset), args.suite, args.dataset, args.results, args.opts)
+
+
+def main(argv=None):
+    args, all_variants, variants = parse_args(argv)
+    if args.report:
+        report(all_variants, args.suite, args.dataset, args.results, args.opts)
+        return
+    # Seed-major: a suite stopped part-way has every variant at the same seeds, so the paired
+    # comparisons it can already make use all of them.
+    jobs = [(v, seed, results.summary_path(args.results, args.dataset, args.suite, v.name, seed),
+             results.config_sha256(run_config(v, seed, args.opts)))
+            for seed in range(args.seeds) for v in variants]
+    if args.launcher == "local" and not args.status:
+        run_local(jobs, args)
+        report(all_variants, args.suite, args.dataset, args.results, args.opts)
+        return
+    from . import cluster
+
+    suite_dir = os.path.abspath(os.path.join(args.out, f"{args.suite}-{args.dataset}"))
+    expected = {(v.name, seed): sha for v, seed, _, sha in jobs}
+    keys = [(v.name, seed, path) for v, seed, path, _ in jobs]
+
+    def states():
+        return cluster.run_states(keys, expected, cluster.load_ledger(suite_dir))
+
+    title = f"{args.suite} suite on {args.dataset}"
+    if args.status:
+        cluster.print_status(states(), title)
+        return
+    executor = cluster.make_executor(
+        os.path.join(suite_dir, "submitit"), f"{args.suite}-{args.dataset}", args.submitit_cluster,
+        args.slurm_partition, args.gpus_per_run, args.nodes_per_run, args.timeout_min, args.slurm_extra)
+    runs = [cluster.StudyRun(v, seed, args.opts, run_dir(args.out, args.suite, args.dataset, v.name, seed), path,
+                             args.gpus_per_run, args.nodes_per_run) for v, seed, path, _ in jobs]
+    cluster.submit(runs, states(), suite_dir, executor)
+    if not args.wait:
+        print(f"Jobs and logs: {suite_dir}; `--status` follows them, `--report` tabulates the finished runs")
+        return
+    counts = cluster.print_status(cluster.wait(states), title)
+    if counts["done"]:
+        report(all_variants, args.suite, args.dataset, args.results, args.opts)
+    if counts["failed"]:
+        raise SystemExit(f"{counts['failed']} run(s) failed; run the same command again to resubmit them")
 
 
 if __name__ == "__main__":

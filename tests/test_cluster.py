@@ -1,0 +1,128 @@
+"""`focal_rpn.ablate --launcher submitit` with submitit's local executor (no SLURM needed): runs as
+separate processes, a preempted job requeued and resumed, a killed job resubmitted and resumed, and
+the report of those runs the same as of the local launcher's."""
+import json
+import math
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from focal_rpn import ablate, cluster
+
+# 12 iterations with a checkpoint every 4: a job can be stopped after its first checkpoint.
+OPTS = ["SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "4"]
+
+
+def _children(pid):
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def _wait_for(predicate, what, timeout=240):
+    t0 = time.time()
+    while not predicate():
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _task_after_first_checkpoint(run_dir, job_id):
+    """The training process of a local job once its run has written a checkpoint."""
+    _wait_for(lambda: os.path.isfile(os.path.join(run_dir, "last_checkpoint")), f"a checkpoint in {run_dir}")
+    tasks = _children(int(job_id))
+    assert len(tasks) == 1, tasks
+    return tasks[0]
+
+
+def _metrics(path):
+    with open(path) as f:
+        return json.load(f)["metrics"]
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in
+                                        ((a[k], b[k]) for k in a))
+
+
+def test_submitit_suite_preempted_killed_resumed_and_reported(tmp_path, capsys):
+    out, res = tmp_path / "runs", tmp_path / "results"
+    base = ["--suite", "retinanet", "--dataset", "synthetic", "--variants", "ce", "gamma_2", "--seeds", "2",
+            "--out", str(out), "--results", str(res)]
+    submit = base + ["--launcher", "submitit", "--submitit-cluster", "local", "--gpus-per-run", "0",
+                     "--timeout-min", "30"]
+    ablate.main(submit + ["--opts", *OPTS])  # returns once the 4 jobs are submitted
+    suite_dir = out / "retinanet-synthetic"
+    ledger = cluster.load_ledger(str(suite_dir))
+    assert sorted(ledger) == ["ce/seed0", "ce/seed1", "gamma_2/seed0", "gamma_2/seed1"]
+    assert len({r["job_id"] for r in ledger.values()}) == 4  # one process per run
+
+    # ce seed 0 is preempted (SLURM's USR2): submitit checkpoints and requeues it, and it resumes.
+    preempted = suite_dir / "ce" / "seed0"
+    os.kill(_task_after_first_checkpoint(preempted, ledger["ce/seed0"]["job_id"]), signal.SIGUSR2)
+    # gamma_2 seed 1 is killed outright: its job fails and nothing requeues it.
+    killed = suite_dir / "gamma_2" / "seed1"
+    job = int(ledger["gamma_2/seed1"]["job_id"])
+    task = _task_after_first_checkpoint(killed, job)
+    os.kill(job, signal.SIGKILL)
+    os.kill(task, signal.SIGKILL)
+
+    capsys.readouterr()
+    args = base + ["--status", "--opts", *OPTS]
+    _wait_for(lambda: (ablate.main(args), "3 done, 1 failed" in capsys.readouterr().out)[1], "3 runs done")
+    ablate.main(args)
+    status = capsys.readouterr().out
+    assert f"failed: gamma_2 seed 1: see {suite_dir}/submitit/{job}_0_log.err" in status
+    assert not (res / "synthetic" / "retinanet" / "gamma_2" / "seed1.json").exists()  # never a half summary
+
+    # The same command again submits only the failed run; --wait blocks until it ends, then reports.
+    ablate.main(submit + ["--wait", "--opts", *OPTS])
+    text = capsys.readouterr().out
+    assert "ce seed 0: done, not submitted again" in text and "gamma_2 seed 1: submitted job" in text
+    assert "4 runs: 4 done" in text
+    for run in (preempted, killed):
+        log = (run / "log.txt").read_text()
+        # first attempt from scratch, second from a checkpoint (iteration 4 or 8: the jobs run on)
+        assert "No checkpoint found" in log and re.search(r"Starting training from iteration [48]\b", log), run
+    logs = "".join(p.read_text() for p in (suite_dir / "submitit").glob(f"{ledger['ce/seed0']['job_id']}_0_log.*"))
+    assert "this job is preempted" in logs and "Requeued job" in logs
+
+    # The local launcher's run of the same variant and seed: the same summary fields, config hash
+    # and metrics, so --report treats both launchers' runs alike.
+    local_res = tmp_path / "local"
+    ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--variants", "gamma_2", "--out",
+                 str(tmp_path / "local_runs"), "--results", str(local_res), "--opts", *OPTS])
+    a = json.loads((res / "synthetic/retinanet/gamma_2/seed0.json").read_text())
+    b = json.loads((local_res / "synthetic/retinanet/gamma_2/seed0.json").read_text())
+    assert set(a) - {"job_id"} == set(b) and a["config_sha256"] == b["config_sha256"]
+    assert _same(a["metrics"], b["metrics"])
+    capsys.readouterr()
+    ablate.main(base + ["--report", "--opts", *OPTS])
+    md = (res / "synthetic" / "retinanet" / "results.md").read_text()
+    assert "| ce | 2 |" in md and "| gamma_2 | 2 |" in md
+
+
+def test_slurm_extra_is_split_into_submitit_and_sbatch_parameters():
+    params, extra = cluster.parse_extra(["cpus_per_task=10", "mem_gb=400", "constraint=volta32gb",
+                                         "--account=vision", "requeue=1", "reservation=big"])
+    assert params == {"cpus_per_task": 10, "mem_gb": 400, "slurm_constraint": "volta32gb", "slurm_account": "vision"}
+    assert extra == {"requeue": "1", "reservation": "big"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        cluster.parse_extra(["volta32gb"])
+
+
+def test_slurm_only_options_need_slurm(tmp_path):
+    with pytest.raises(ValueError, match="need SLURM"):
+        cluster.make_executor(str(tmp_path), "x", "local", None, 0, 2, 10, [])
