@@ -126,3 +126,27 @@ def test_slurm_extra_is_split_into_submitit_and_sbatch_parameters():
 def test_slurm_only_options_need_slurm(tmp_path):
     with pytest.raises(ValueError, match="need SLURM"):
         cluster.make_executor(str(tmp_path), "x", "local", None, 0, 2, 10, [])
+
+
+def test_a_multi_node_job_launches_every_node_with_the_first_nodes_address(tmp_path, monkeypatch):
+    """Node k of a 2-node job calls Detectron2's launch with machine rank k, 8 processes, 2 machines
+    and the first node's tcp address; only node 0 writes the summary (SLURM and launch faked)."""
+    import submitit
+    import detectron2.engine
+
+    calls = []
+
+    class Env:
+        job_id, hostnames, node = "4242", ["gpu-a17", "gpu-b03"], 1
+
+    monkeypatch.setattr(submitit, "JobEnvironment", Env)
+    monkeypatch.setattr(detectron2.engine, "launch", lambda main, n, **kw: calls.append((n, kw)))
+    variant = ablate.suite_variants("rpn", "coco")[0]
+    summary = tmp_path / "seed0.json"
+    run = cluster.StudyRun(variant, 0, [], str(tmp_path / "run"), str(summary), gpus_per_node=8, nodes=2)
+    assert run() is None and not summary.exists()
+    (n, kw), = calls
+    args = kw["args"][0]
+    assert n == 8 and kw["num_machines"] == 2 and kw["machine_rank"] == 1
+    assert kw["dist_url"].startswith("tcp://gpu-a17:") and args.resume
+    assert args.opts[-4:] == ["SEED", "0", "OUTPUT_DIR", str(tmp_path / "run")]
