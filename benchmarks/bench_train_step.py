@@ -10,11 +10,14 @@
 
 Both variants are built from the same config, seed and batch (identical weights). Training steps
 and inference calls alternate A, B, A, B in one process; the reported ratio is the median of the
-per-step ratios after warm-up. Peak memory: one fresh process per variant, which builds the model,
-runs two warm-up steps, then reports the peak resident memory of three more training steps above
-the memory held before them (see peak_rss.py).
+per-step ratios after warm-up. Peak memory: fresh processes per variant (``--repeats``), each of
+which builds the model, runs two warm-up steps, then reports the peak resident memory of three more
+training steps above the memory held before them, and the peak of live tensor bytes of one more
+step (see peak_rss.py). RSS varies by several percent from process to process with what the C
+allocator keeps; the tensor peak is exact and the same every time. ``--memory-only`` skips timing.
 """
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -108,17 +111,19 @@ def timed(fn, *args):
 
 
 def step_peak_mb(config, opts, steps=3):
-    """Extra peak RSS (MB) of ``steps`` training steps after two warm-up steps, in a fresh process."""
+    """Extra peak RSS (MB) of ``steps`` training steps after two warm-up steps, and the peak of
+    live tensor bytes (MB) of one more step, in a fresh process."""
     code = (
         f"import sys; sys.path.insert(0, {ROOT + '/benchmarks'!r}); import bench_train_step as b, peak_rss; "
         "from detectron2.utils.events import EventStorage; import json; "
         f"m, o, batch = b.build({config!r}, {opts!r}); s = EventStorage(); s.__enter__(); "
         "b.train_step(m, o, batch); b.train_step(m, o, batch); r0 = peak_rss.reset_peak(); "
-        f"[b.train_step(m, o, batch) for _ in range({steps})]; "
-        "print(json.dumps((peak_rss.peak_kb() - r0) / 1024))"
+        f"[b.train_step(m, o, batch) for _ in range({steps})]; rss = (peak_rss.peak_kb() - r0) / 1024; "
+        "live = peak_rss.tensor_peak_bytes(lambda: b.train_step(m, o, batch)) / 2**20; "
+        "print(json.dumps([rss, live]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -128,6 +133,8 @@ def main():
     ap.add_argument("--pair", choices=sorted(PAIRS), default="retinanet")
     ap.add_argument("--config", help="config of the pair's variants (default: the pair's own)")
     ap.add_argument("--steps", type=int, default=12, help="measured steps per variant (after 2 warm-up)")
+    ap.add_argument("--memory-only", action="store_true", help="peak memory only (no timing)")
+    ap.add_argument("--repeats", type=int, default=1, help="fresh processes per variant for peak memory")
     ap.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for all variants")
     args = ap.parse_args()
     pair = dict(PAIRS[args.pair])
@@ -142,7 +149,7 @@ def main():
                                     strict=False)
     times = {n: {"train": [], "infer": []} for n in names}
     with EventStorage():
-        for i in range(args.steps + 2):
+        for i in range(0 if args.memory_only else args.steps + 2):
             for n in names:
                 t_train = timed(train_step, *built[n])
                 t_inf = timed(infer, built[n][0], built[n][2])
@@ -151,15 +158,26 @@ def main():
                     times[n]["infer"].append(t_inf)
     ref = pair["reference"]
     print(f"config {pair['config']} {' '.join(args.opts)}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; median of {args.steps} interleaved steps")
-    peak = {n: step_peak_mb(pair["config"], args.opts + pair["variants"][n]) for n in names}
-    print(f"{'variant':<20}{'train s':>9}{'train/ref':>11}{'infer s':>9}{'infer/ref':>11}{'step MB':>9}{'mem/ref':>9}")
+          f"{torch.get_num_threads()} threads; median of {args.steps} interleaved steps; peak memory: median "
+          f"of {args.repeats} fresh process(es) per variant (RSS) and live tensor bytes (deterministic)")
+    # fresh processes interleaved variant by variant, so that a slow drift affects all alike
+    mems = {n: [] for n in names}
+    for _ in range(args.repeats):
+        for n in names:
+            mems[n].append(step_peak_mb(pair["config"], args.opts + pair["variants"][n]))
+    rss = {n: statistics.median(m[0] for m in mems[n]) for n in names}
+    live = {n: statistics.median(m[1] for m in mems[n]) for n in names}
+    print(f"{'variant':<20}{'train s':>9}{'train/ref':>11}{'infer s':>9}{'infer/ref':>11}"
+          f"{'RSS MB':>9}{'RSS/ref':>9}{'tensor MB':>11}{'tens/ref':>10}")
     for n in names:
-        tr = statistics.median(a / b for a, b in zip(times[n]["train"], times[ref]["train"]))
-        inf = statistics.median(a / b for a, b in zip(times[n]["infer"], times[ref]["infer"]))
-        mem, mem_ref = peak[n], peak[ref]
-        print(f"{n:<20}{statistics.median(times[n]['train']):>9.3f}{tr:>10.2f}x"
-              f"{statistics.median(times[n]['infer']):>9.3f}{inf:>10.2f}x{mem:>9.0f}{mem / mem_ref:>8.2f}x")
+        if args.memory_only:
+            t = f"{'-':>9}{'-':>11}{'-':>9}{'-':>11}"
+        else:
+            tr = statistics.median(a / b for a, b in zip(times[n]["train"], times[ref]["train"]))
+            inf = statistics.median(a / b for a, b in zip(times[n]["infer"], times[ref]["infer"]))
+            t = (f"{statistics.median(times[n]['train']):>9.3f}{tr:>10.2f}x"
+                 f"{statistics.median(times[n]['infer']):>9.3f}{inf:>10.2f}x")
+        print(f"{n:<20}{t}{rss[n]:>9.0f}{rss[n] / rss[ref]:>8.2f}x{live[n]:>11.1f}{live[n] / live[ref]:>9.3f}x")
 
 
 if __name__ == "__main__":
