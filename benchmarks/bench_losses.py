@@ -11,6 +11,7 @@ the extra resident memory (peak RSS, see peak_rss.py) of one forward+backward ab
 and their preallocated gradient.
 """
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -88,7 +89,8 @@ def time_case(kind, n, k, repeats):
 
 
 def peak_memory(kind, n, k, name):
-    """Extra MB of resident memory for one forward+backward, measured in a fresh process."""
+    """Extra MB of resident memory for one forward+backward, and the peak MB of live tensors of
+    another one (exact, see peak_rss.py), measured in a fresh process."""
     code = (
         "import sys, json; sys.argv=['x']; "
         f"sys.path.insert(0, {HERE!r}); "
@@ -97,11 +99,12 @@ def peak_memory(kind, n, k, name):
         "b.step(v, x[:4000], t[:4000]); "
         "import torch, peak_rss; x=x.detach().requires_grad_(); x.grad=torch.zeros_like(x); "
         "r0=peak_rss.reset_peak(); "
-        "v(x,t).backward(); "
-        "print(json.dumps((peak_rss.peak_kb()-r0)/1024))"
+        "v(x,t).backward(); rss=(peak_rss.peak_kb()-r0)/1024; "
+        "live=peak_rss.tensor_peak_bytes(lambda: v(x,t).backward())/2**20; "
+        "print(json.dumps([rss, live]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -114,7 +117,8 @@ def main():
         cases = [c for c in cases if c[1] != 1_600_000]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, focal_rpn compile "
           f"{'on' if losses._COMPILE else 'off'}; fwd+bwd, median of {args.repeats} interleaved repeats")
-    header = f"{'case':<22}{'variant':<20}{'ms':>9}{'ref/focal_rpn':>15}{'peak MB':>10}{'mem ratio':>11}"
+    header = (f"{'case':<22}{'variant':<20}{'ms':>9}{'ref/focal_rpn':>15}{'RSS MB':>9}{'RSS ratio':>11}"
+              f"{'tensor MB':>11}{'tensor ratio':>14}")
     print(header)
     print("-" * len(header))
     for kind, n, k in cases:
@@ -123,9 +127,10 @@ def main():
         mem = {name: peak_memory(kind, n, k, name) for name in times}
         for name, ts in times.items():
             ratio = statistics.median(r / o for r, o in zip(ts, ours))
-            mem_ratio = mem[name] / mem["focal_rpn"] if mem["focal_rpn"] > 0 else float("nan")
+            rss, live = mem[name]
+            rss_ratio = rss / mem["focal_rpn"][0] if mem["focal_rpn"][0] > 0 else float("nan")
             print(f"{kind + f' {n}x{k}':<22}{name:<20}{statistics.median(ts) * 1e3:>9.2f}"
-                  f"{ratio:>14.2f}x{mem[name]:>10.1f}{mem_ratio:>10.2f}x")
+                  f"{ratio:>14.2f}x{rss:>9.1f}{rss_ratio:>10.2f}x{live:>11.2f}{live / mem['focal_rpn'][1]:>13.2f}x")
         print()
 
 

@@ -71,7 +71,9 @@ PAIRS = {
 }
 
 
-def build(config, opts, seed=0):
+def build(config, opts, seed=0, augmentations=()):
+    """(model, SGD optimizer, a fixed training batch) of ``config``; the batch is mapped with
+    ``augmentations`` only (none: whole training tiles)."""
     from detectron2.data import DatasetCatalog, DatasetMapper
 
     from focal_rpn.config import load_config
@@ -81,7 +83,7 @@ def build(config, opts, seed=0):
     torch.manual_seed(seed)
     model = Trainer.build_model(cfg)  # channels_last when MODEL.CHANNELS_LAST
     model.autocast = cfg.SOLVER.AMP.ENABLED
-    mapper = DatasetMapper(cfg, is_train=True, augmentations=[])
+    mapper = DatasetMapper(cfg, is_train=True, augmentations=list(augmentations))
     dicts = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])
     batch = [mapper(d) for d in dicts[1:1 + cfg.SOLVER.IMS_PER_BATCH]]
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
