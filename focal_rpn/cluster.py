@@ -27,7 +27,8 @@ from . import results
 LEDGER = "jobs.json"
 # States of a run in --status; "done" = its current summary exists.
 STATES = ("done", "running", "pending", "failed", "not submitted")
-_SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
+_SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED",
+                  "PREEMPTED"}  # submitit requeues a preempted job
 _SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT"}
 
 
@@ -205,6 +206,9 @@ def job_state(record: dict) -> Tuple[str, str]:
         if state in _SLURM_PENDING:
             return "pending", log
         if state in _SLURM_RUNNING:
+            return "running", log
+        if state == "UNKNOWN":
+            # sacct did not answer: never submit a run twice; delete its jobs.json entry to force it
             return "running", log
         return "failed", log
     return ("running" if _pid_alive(int(record["job_id"])) else "failed"), log

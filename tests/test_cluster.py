@@ -150,3 +150,15 @@ def test_a_multi_node_job_launches_every_node_with_the_first_nodes_address(tmp_p
     assert n == 8 and kw["num_machines"] == 2 and kw["machine_rank"] == 1
     assert kw["dist_url"].startswith("tcp://gpu-a17:") and args.resume
     assert args.opts[-4:] == ["SEED", "0", "OUTPUT_DIR", str(tmp_path / "run")]
+
+
+@pytest.mark.parametrize("sacct, state", [("PENDING", "pending"), ("PREEMPTED", "pending"), ("RUNNING", "running"),
+                                          ("UNKNOWN", "running"), ("FAILED", "failed"), ("CANCELLED by 12", "failed")])
+def test_slurm_job_states(tmp_path, monkeypatch, sacct, state):
+    """A SLURM job without a result file is pending, running or failed as sacct says; when sacct
+    does not answer it counts as running, so that the same run is never submitted twice."""
+    import submitit
+
+    monkeypatch.setattr(submitit.SlurmJob, "state", property(lambda self: sacct))
+    record = {"job_id": "77", "cluster": "slurm", "folder": str(tmp_path)}
+    assert cluster.job_state(record) == (state, str(tmp_path / "77_0_log.err"))
