@@ -192,8 +192,8 @@ def run_local(jobs, args):
                 print(f"[{i}/{len(jobs)}] {v.name} seed {seed}: summary exists, skipped")
                 continue
             print(f"[{i}/{len(jobs)}] {v.name} seed {seed}: summary is stale (config changed), running again")
-        eta = f", ETA {time.strftime('%H:%M:%S', time.gmtime(statistics.mean(durations) * (len(jobs) - i + 1)))}" \
-            if durations else ""
+        # (hours, not a clock time: a suite can take days)
+        eta = f", about {statistics.mean(durations) * (len(jobs) - i + 1) / 3600:.1f} h left" if durations else ""
         print(f"[{i}/{len(jobs)}] {v.name} seed {seed}: running{eta}", flush=True)
         t0 = time.time()
         out = run_dir(args.out, args.suite, args.dataset, v.name, seed)
