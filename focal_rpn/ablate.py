@@ -187,10 +187,11 @@ def run_local(jobs, args):
     """Runs the jobs one after another in this shell (``--launcher local``)."""
     durations = []
     for i, (v, seed, path, expected) in enumerate(jobs, start=1):
-        if os.path.isfile(path):
-            if results.load_summary(path)["config_sha256"] == expected:
-                print(f"[{i}/{len(jobs)}] {v.name} seed {seed}: summary exists, skipped")
-                continue
+        state = results.summary_state(path, expected)
+        if state == "current":
+            print(f"[{i}/{len(jobs)}] {v.name} seed {seed}: summary exists, skipped")
+            continue
+        if state == "stale":
             print(f"[{i}/{len(jobs)}] {v.name} seed {seed}: summary is stale (config changed), running again")
         # (hours, not a clock time: a suite can take days)
         eta = f", about {statistics.mean(durations) * (len(jobs) - i + 1) / 3600:.1f} h left" if durations else ""

@@ -220,7 +220,7 @@ def run_states(keys: List[Tuple[str, int, str]], expected: Dict[Tuple[str, int],
     current (``expected`` config hash), else from its job in the ledger."""
     out = {}
     for name, seed, path in keys:
-        if os.path.isfile(path) and results.load_summary(path)["config_sha256"] == expected[(name, seed)]:
+        if results.summary_state(path, expected[(name, seed)]) == "current":
             out[(name, seed)] = ("done", "")
             continue
         record = ledger.get(f"{name}/seed{seed}")

@@ -74,6 +74,14 @@ def write_summary(path: str, summary: dict) -> None:
     os.replace(tmp, path)
 
 
+def summary_state(path: str, expected_sha256: str) -> Optional[str]:
+    """"current" when ``path`` holds a summary of the config with ``expected_sha256``, "stale" when
+    of another config, None when there is no summary."""
+    if not os.path.isfile(path):
+        return None
+    return "current" if load_summary(path)["config_sha256"] == expected_sha256 else "stale"
+
+
 def load_summary(path: str) -> dict:
     """A summary file; anything else is an error naming the file."""
     try:
