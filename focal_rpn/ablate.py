@@ -173,6 +173,9 @@ def parse_args(argv=None):
     ap.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                     help="config options for every run (they are part of each run's config hash)")
     args = ap.parse_args(argv)
+    if args.launcher == "local" and (args.wait or args.slurm_partition or args.slurm_extra):
+        ap.error("--wait, --slurm-partition and --slurm-extra need --launcher submitit "
+                 "(the local launcher runs one run after another and returns when all are done)")
     all_variants = suite_variants(args.suite, args.dataset)
     variants = all_variants
     if args.variants:

@@ -162,3 +162,9 @@ def test_slurm_job_states(tmp_path, monkeypatch, sacct, state):
     monkeypatch.setattr(submitit.SlurmJob, "state", property(lambda self: sacct))
     record = {"job_id": "77", "cluster": "slurm", "folder": str(tmp_path)}
     assert cluster.job_state(record) == (state, str(tmp_path / "77_0_log.err"))
+
+
+def test_cluster_options_without_the_submitit_launcher_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        ablate.main(["--suite", "rpn", "--dataset", "synthetic", "--wait"])
+    assert "need --launcher submitit" in capsys.readouterr().err
