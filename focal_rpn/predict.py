@@ -8,6 +8,10 @@ by neighbours), each window is predicted, its boxes are shifted back, and the wi
 a box that touches a window edge lying inside the image is dropped (the overlap shows that object
 whole in a neighbouring window, as long as objects are smaller than the overlap), then NMS over
 everything at the model's test threshold removes what two windows both found.
+
+With ``--gt DATASET`` (a registered dataset, e.g. one of ``DATASETS.REGISTER``), an image found in
+it is drawn in the evaluation view of ``focal_rpn.visualize --eval-view`` (true positives, false
+positives, missed ground truth) and the totals are printed; other images are drawn as detections.
 """
 import argparse
 import csv
@@ -28,7 +32,7 @@ from .config import is_retinanet, load_config
 from .data.trees import tile_origins
 from .data.user_datasets import IMAGE_EXTENSIONS
 from .engine import strict_predictor
-from .visualize import draw_predictions
+from .visualize import draw_evaluation, draw_predictions, evaluation_groups, ground_truth_lookup
 
 
 def expand_inputs(inputs: List[str]) -> List[str]:
@@ -102,6 +106,14 @@ def predict_image(predict: Callable[[np.ndarray], Instances], bgr: np.ndarray, t
     return merge_windows(per_window, bgr.shape[:2], nms, max_dets)
 
 
+def add_counts(counts: dict, inst: Instances, dataset_dict: dict, score_thresh: float) -> None:
+    """Adds one image's true positives, false positives and missed ground truth (as drawn by
+    :func:`draw_evaluation`) to ``counts``."""
+    for name, boxes in evaluation_groups(inst, dataset_dict, score_thresh).items():
+        counts[name] += len(boxes)
+    counts["images"] += 1
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config-file", required=True)
@@ -112,10 +124,15 @@ def main(argv=None):
     ap.add_argument("--score-thresh", type=float, default=0.05, help="lowest score written")
     ap.add_argument("--draw", action="store_true", help="also write each image with its detections (PNG)")
     ap.add_argument("--draw-thresh", type=float, default=0.3, help="lowest score drawn")
+    ap.add_argument("--gt", action="append", default=[], metavar="DATASET",
+                    help="a registered dataset with ground truth for (some of) the images (repeatable): with "
+                         "--draw, those are drawn as true/false positives and missed objects (IoU >= 0.5)")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS W")
     args = ap.parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
     paths = expand_inputs(args.input)
+    gt_of = ground_truth_lookup(args.gt) if args.gt else (lambda path: None)
+    counts = {"true positive": 0, "false positive": 0, "missed": 0, "images": 0}
     d2_predictor = strict_predictor(cfg)  # resizes to INPUT.MIN_SIZE_TEST, maps back to the window
 
     def predictor(bgr):
@@ -141,9 +158,15 @@ def main(argv=None):
                 records.append({"image_id": image_id, "file_name": path, "category_id": to_dataset_id.get(c, c + 1),
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s})
                 rows.append([path, f"{x1:.1f}", f"{y1:.1f}", f"{x2:.1f}", f"{y2:.1f}", f"{s:.4f}", names[c]])
+            gt = gt_of(path)
+            if gt is not None:
+                add_counts(counts, inst, gt, args.draw_thresh)
             if args.draw:
                 out = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
-                Image.fromarray(draw_predictions(bgr[:, :, ::-1], inst, meta, args.draw_thresh)).save(out)
+                rgb = bgr[:, :, ::-1]
+                drawn = (draw_predictions(rgb, inst, meta, args.draw_thresh) if gt is None
+                         else draw_evaluation(rgb, inst, gt, args.draw_thresh))
+                Image.fromarray(drawn).save(out)
     with open(os.path.join(args.output, "detections.json"), "w") as f:
         json.dump(records, f)
     with open(os.path.join(args.output, "detections.csv"), "w", newline="") as f:
@@ -151,6 +174,9 @@ def main(argv=None):
         w.writerow(["image", "x1", "y1", "x2", "y2", "score", "label"])
         w.writerows(rows)
     print(f"{len(records)} detections in {len(paths)} images: {os.path.abspath(args.output)}/detections.json, detections.csv")
+    if args.gt:
+        print(f"against the ground truth of {counts.pop('images')} of them (IoU >= 0.5, score >= {args.draw_thresh:g}): "
+              + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
 if __name__ == "__main__":

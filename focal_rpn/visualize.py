@@ -10,7 +10,7 @@ positives, false positives and missed ground truth (IoU >= 0.5, detections scori
 """
 import argparse
 import os
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -54,21 +54,29 @@ def match_detections(det_boxes: torch.Tensor, gt_boxes: torch.Tensor, iou_thresh
     return is_tp, matched
 
 
-def draw_evaluation(image_rgb: np.ndarray, instances, dataset_dict: dict, score_thresh: float,
-                    iou_thresh: float = 0.5) -> np.ndarray:
-    """RGB image with true positives, false positives and missed ground truth as thin boxes in
-    :data:`EVAL_COLORS`, and a legend with their counts."""
+def evaluation_groups(instances, dataset_dict: dict, score_thresh: float,
+                      iou_thresh: float = 0.5) -> Dict[str, torch.Tensor]:
+    """The detections scoring at least ``score_thresh`` matched to a dataset dict's (non-crowd)
+    ground truth: {"true positive": (T, 4), "false positive": (F, 4), "missed": (M, 4)} XYXY boxes."""
     inst = instances[instances.scores >= score_thresh].to("cpu")
     inst = inst[inst.scores.argsort(descending=True)]
     gt = torch.tensor([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
                        for a in dataset_dict.get("annotations", []) if not a.get("iscrowd", 0)],
                       dtype=torch.float32).reshape(-1, 4)
     is_tp, matched = match_detections(inst.pred_boxes.tensor, gt, iou_thresh)
+    return {"true positive": inst.pred_boxes.tensor[is_tp], "false positive": inst.pred_boxes.tensor[~is_tp],
+            "missed": gt[~matched]}
+
+
+def draw_evaluation(image_rgb: np.ndarray, instances, dataset_dict: dict, score_thresh: float,
+                    iou_thresh: float = 0.5) -> np.ndarray:
+    """RGB image with true positives, false positives and missed ground truth
+    (:func:`evaluation_groups`) as thin boxes in :data:`EVAL_COLORS`, and a legend with their counts."""
+    groups = evaluation_groups(instances, dataset_dict, score_thresh, iou_thresh)
     img = Image.fromarray(np.ascontiguousarray(image_rgb))
     draw = ImageDraw.Draw(img)
-    groups = {"missed": gt[~matched], "false positive": inst.pred_boxes.tensor[~is_tp],
-              "true positive": inst.pred_boxes.tensor[is_tp]}
-    for name, boxes in groups.items():
+    for name in ("missed", "false positive", "true positive"):  # true positives on top
+        boxes = groups[name]
         for b in boxes.tolist():
             draw.rectangle(b, outline=EVAL_COLORS[name], width=2)
     lines = [f"{name}: {len(groups[name])}" for name in EVAL_COLORS]
@@ -77,6 +85,26 @@ def draw_evaluation(image_rgb: np.ndarray, instances, dataset_dict: dict, score_
     for i, text in enumerate(lines):
         draw.text((6, 4 + 16 * i), text, fill=EVAL_COLORS.get(text.split(":")[0], (0, 0, 0)))
     return np.asarray(img)
+
+
+def ground_truth_lookup(dataset_names: List[str]) -> Callable[[str], Optional[dict]]:
+    """image path -> its dataset dict in the registered datasets ``dataset_names`` (matched by
+    absolute path, else by file name when that name is unique across them), or None."""
+    by_path, by_name = {}, {}
+    for name in dataset_names:
+        if name not in DatasetCatalog.list():
+            raise KeyError(f"--gt {name}: not a registered dataset (register it with DATASETS.REGISTER)")
+        for d in DatasetCatalog.get(name):
+            by_path[os.path.abspath(d["file_name"])] = d
+            by_name.setdefault(os.path.basename(d["file_name"]), []).append(d)
+
+    def lookup(path: str) -> Optional[dict]:
+        found = by_path.get(os.path.abspath(path))
+        if found is None:
+            same_name = by_name.get(os.path.basename(path), [])
+            found = same_name[0] if len(same_name) == 1 else None
+        return found
+    return lookup
 
 
 def visualize(cfg, inputs: List[str], output_dir: str, score_thresh: float,

@@ -83,3 +83,42 @@ def test_predict_names_an_unreadable_weights_file(tmp_path):
     with pytest.raises(ValueError, match=f"MODEL.WEIGHTS {tmp_path / 'w.pth'} .* is not a readable checkpoint"):
         predict.main(["--config-file", "configs/synthetic/retinanet.yaml", "--input", str(tmp_path / "a.png"),
                       "--output", str(tmp_path / "out"), "MODEL.WEIGHTS", str(tmp_path / "w.pth")])
+
+
+def test_predict_draws_the_evaluation_view_where_ground_truth_exists(trained, tmp_path, capsys):
+    """--gt DATASET (registered from the config): the image it annotates is drawn as true/false
+    positives and missed objects, and the printed totals add up to the ground truth and to the
+    detections above --draw-thresh; an image it does not annotate is drawn as detections."""
+    out, _ = trained
+    rng = np.random.default_rng(1)
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "imgs" / "annotated.png")
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "other.png")
+    gt_boxes = [[20, 30, 40, 40], [200, 100, 60, 50]]  # XYWH
+    coco = {"images": [{"id": 1, "file_name": "annotated.png", "height": 300, "width": 400}],
+            "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+                            for i, b in enumerate(gt_boxes)],
+            "categories": [{"id": 1, "name": "square"}, {"id": 2, "name": "disk"}, {"id": 3, "name": "bar"}]}
+    (tmp_path / "gt.json").write_text(json.dumps(coco))
+    predict.main(["--config-file", "configs/synthetic/retinanet.yaml",
+                  "--input", str(tmp_path / "imgs" / "annotated.png"), str(tmp_path / "other.png"),
+                  "--output", str(tmp_path / "out"), "--draw", "--draw-thresh", "0.1", "--gt", "predict_gt_test",
+                  "DATASETS.REGISTER", f"('predict_gt_test=coco:{tmp_path / 'gt.json'}:{tmp_path / 'imgs'}',)",
+                  "MODEL.WEIGHTS", os.path.join(out, "model_final.pth")])
+    printed = capsys.readouterr().out
+    line = [l for l in printed.splitlines() if l.startswith("against the ground truth of 1 of them")]
+    assert line, printed
+    tp, fp, missed = (int(line[0].split(f" {k}")[0].split()[-1]) for k in ("true positive", "false positive", "missed"))
+    dets = [d for d in json.loads((tmp_path / "out" / "detections.json").read_text())
+            if d["image_id"] == 1 and d["score"] >= 0.1]
+    assert tp + missed == len(gt_boxes) and tp + fp == len(dets)
+    from focal_rpn.visualize import EVAL_COLORS
+    drawn = np.asarray(Image.open(tmp_path / "out" / "annotated.png"))
+    x, y, w, h = gt_boxes[1]  # its left edge is drawn as missed, or a matched detection is drawn near it
+    colours = {tuple(c) for c in drawn[y + 5:y + h - 5, x - 3:x + 4].reshape(-1, 3)}
+    assert colours & {EVAL_COLORS["missed"], EVAL_COLORS["true positive"]}
+    assert tuple(drawn[5, 5]) == (255, 255, 255)  # the legend's background
+    assert (tmp_path / "out" / "other.png").exists()
+    with pytest.raises(KeyError, match="--gt nowhere"):
+        predict.main(["--config-file", "configs/synthetic/retinanet.yaml", "--input", str(tmp_path / "other.png"),
+                      "--output", str(tmp_path / "out2"), "--gt", "nowhere", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth")])
