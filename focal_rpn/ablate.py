@@ -6,16 +6,19 @@
     python -m focal_rpn.ablate --suite rpn --dataset coco --seeds 5 --launcher submitit \
         --slurm-partition learnfair --gpus-per-run 8        # one SLURM job per run (focal_rpn.cluster)
     python -m focal_rpn.ablate --suite rpn --dataset coco --seeds 5 --status
+    python -m focal_rpn.ablate --suite retinanet --dataset trees --seeds 5 --reevaluate  # test-time change
 
 Each run is an ordinary ``train_net.py`` training + evaluation in its own OUTPUT_DIR
 (``OUT/SUITE-DATASET/VARIANT/seedK``; an interrupted run resumes from its last checkpoint). A
 finished run leaves its summary in ``RESULTS/DATASET/SUITE/VARIANT/seedK.json`` (see
 :mod:`focal_rpn.results`; commit these): a variant/seed whose summary exists and is current is
 skipped, so a suite continues across machines and days; a stale one (its config changed) is run
-again. The report (``results.md``, ``.csv``, ``.png`` beside the summaries) gives mean ± 95% CI per
+again, unless only evaluation settings changed: ``--reevaluate`` then evaluates the run's final
+checkpoint under today's config instead (:mod:`focal_rpn.reevaluate`). The report (``results.md``, ``.csv``, ``.png`` beside the summaries) gives mean ± 95% CI per
 variant and the paired difference to the suite's reference variant with a verdict.
 """
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -156,6 +159,9 @@ def parse_args(argv=None):
     ap.add_argument("--out", default="output/ablate", help="run folders (checkpoints, logs, cluster jobs)")
     ap.add_argument("--results", default=os.path.join(ROOT, "results"), help="summaries and reports (committed)")
     ap.add_argument("--report", action="store_true", help="train nothing: tabulate the suite's summaries")
+    ap.add_argument("--reevaluate", action="store_true",
+                    help="train nothing: re-evaluate the stale runs whose config changed only in evaluation "
+                         "settings (their folders under --out needed), then report")
     ap.add_argument("--status", action="store_true",
                     help="train nothing: how many runs are done, running, pending, failed (with their logs)")
     ap.add_argument("--launcher", default="local", choices=["local", "submitit"],
@@ -205,6 +211,34 @@ def run_local(jobs, args):
         durations.append(time.time() - t0)
 
 
+def reevaluate_stale(jobs, args) -> None:
+    """``--reevaluate``: each stale summary of ``jobs`` rewritten from its run's final checkpoint
+    evaluated under today's config; a run that cannot be (no folder, training config changed) is
+    named with the reason and left stale."""
+    from .reevaluate import reevaluate_run
+
+    refused = []
+    for v, seed, path, expected in jobs:
+        state = results.summary_state(path, expected)
+        if state != "stale":
+            print(f"{v.name} seed {seed}: {'current' if state == 'current' else 'no summary (train it)'}, skipped")
+            continue
+        with open(path) as f:
+            summary = json.load(f)
+        try:
+            new = reevaluate_run(summary, run_config(v, seed, args.opts),
+                                 run_dir(args.out, args.suite, args.dataset, v.name, seed), results.git_commit(ROOT))
+        except ValueError as e:
+            refused.append(f"{v.name} seed {seed}: {e}")
+            continue
+        results.write_summary(path, new)
+        changed = "; ".join(new["reevaluated"]["changed"]) or "no setting"
+        print(f"{v.name} seed {seed}: re-evaluated ({changed}): AP50 "
+              f"{summary['metrics'].get('bbox/AP50', float('nan')):.2f} -> {new['metrics'].get('bbox/AP50', float('nan')):.2f}")
+    for line in refused:
+        print(f"not re-evaluated, still stale: {line}")
+
+
 def main(argv=None):
     args, all_variants, variants = parse_args(argv)
     if args.report:
@@ -215,6 +249,10 @@ def main(argv=None):
     jobs = [(v, seed, results.summary_path(args.results, args.dataset, args.suite, v.name, seed),
              results.config_sha256(run_config(v, seed, args.opts)))
             for seed in range(args.seeds) for v in variants]
+    if args.reevaluate:
+        reevaluate_stale(jobs, args)
+        report(all_variants, args.suite, args.dataset, args.results, args.opts)
+        return
     if args.launcher == "local" and not args.status:
         run_local(jobs, args)
         report(all_variants, args.suite, args.dataset, args.results, args.opts)

@@ -154,3 +154,54 @@ def test_evaluation_view_counts_and_colours():
     assert tuple(out[180, 165]) == c["missed"]  # bottom edge of the missed crown
     assert tuple(out[120, 215]) == c["false positive"]  # bottom edge of the detection on nothing
     assert tuple(out[121, 20]) == c["true positive"]  # bottom edge of the true positive
+
+
+def _same_metrics(a, b):
+    return a.keys() == b.keys() and all(x == y or (np.isnan(x) and np.isnan(y)) for x, y in zip(a.values(), (b[k] for k in a)))
+
+
+def test_reevaluate_a_test_time_change_instead_of_training(tmp_path, capsys):
+    """--reevaluate: a summary made stale by an evaluation-only setting is rewritten from the run's
+    checkpoint, equal to what training again with the new setting gives (the independent
+    reference: a fresh run); a training change is refused, naming the key."""
+    iters = ["SOLVER.MAX_ITER", "20", "SOLVER.CHECKPOINT_PERIOD", "100"]
+    test_change = ["MODEL.RETINANET.TOPK_CANDIDATES_TEST", "3", "TEST.DETECTIONS_PER_IMAGE", "4"]
+    res = tmp_path / "results"
+    base = ["--suite", "retinanet", "--dataset", "synthetic", "--variants", "gamma_2",
+            "--out", str(tmp_path / "runs"), "--results", str(res)]
+    ablate.main(base + ["--opts", *iters])
+    path = res / "synthetic" / "retinanet" / "gamma_2" / "seed0.json"
+    before = json.loads(path.read_text())
+    ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--variants", "gamma_2", "--out", str(tmp_path / "fresh"),
+                 "--results", str(tmp_path / "fresh_results"), "--opts", *iters, *test_change])
+    fresh = json.loads((tmp_path / "fresh_results" / "synthetic" / "retinanet" / "gamma_2" / "seed0.json").read_text())
+    assert not _same_metrics(before["metrics"], fresh["metrics"])  # the setting matters to the metrics
+    capsys.readouterr()
+    ablate.main(base + ["--reevaluate", "--opts", *iters, *test_change])
+    assert "gamma_2 seed 0: re-evaluated (MODEL.RETINANET.TOPK_CANDIDATES_TEST: 2000 -> 3; " \
+           "TEST.DETECTIONS_PER_IMAGE: 500 -> 4)" in capsys.readouterr().out
+    after = json.loads(path.read_text())
+    assert _same_metrics(after["metrics"], fresh["metrics"]) and after["config_sha256"] == fresh["config_sha256"]
+    assert after["s_per_iter"] == before["s_per_iter"] and after["git_commit"] == before["git_commit"]
+    assert after["reevaluated"]["previous_config_sha256"] == before["config_sha256"]
+    ablate.main(base + ["--opts", *iters, *test_change])  # now current: nothing to train
+    assert "summary exists, skipped" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # nothing current left to report
+        ablate.main(base + ["--reevaluate", "--opts", *iters, *test_change, "SOLVER.BASE_LR", "0.001"])
+    out = capsys.readouterr().out
+    assert "not re-evaluated, still stale: gamma_2 seed 0:" in out and "SOLVER.BASE_LR: 0.02 -> 0.001" in out
+    kept = json.loads(path.read_text())  # left as it was
+    assert kept["config_sha256"] == after["config_sha256"] and _same_metrics(kept["metrics"], after["metrics"])
+
+
+def test_config_differences_split_evaluation_from_training():
+    from focal_rpn.config import load_config
+    from focal_rpn.reevaluate import EVAL_ONLY_KEYS, config_differences, flatten_config
+
+    a = load_config("configs/trees/rpn_ce.yaml", [])
+    b = load_config("configs/trees/rpn_ce.yaml", ["MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
+                                                  "TEST.PRECISE_BN.ENABLED", "True", "OUTPUT_DIR", "elsewhere"])
+    diffs = config_differences(a, b)
+    assert diffs["evaluation"] == ["MODEL.RPN.POST_NMS_TOPK_TEST: 3000 -> 100"]
+    assert diffs["training"] == ["MODEL.RPN.POST_NMS_TOPK_TRAIN: 500 -> 100", "TEST.PRECISE_BN.ENABLED: False -> True"]
+    assert EVAL_ONLY_KEYS <= set(flatten_config(a))  # every listed key exists in the config

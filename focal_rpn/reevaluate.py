@@ -1,0 +1,93 @@
+"""Re-evaluating a finished run whose training config is unchanged, instead of training it again.
+
+A run's summary goes stale when anything in its config changes (``results.config_sha256``),
+including settings that only evaluation reads: the test-time proposal and candidate budgets, score
+and NMS thresholds, test image sizes, the test datasets. Training again would reproduce the same
+weights, so ``python -m focal_rpn.ablate ... --reevaluate`` loads the run's ``model_final.pth``,
+evaluates it under today's config and rewrites its summary: new metrics and config hash; the
+training figures (s/iter, peak memory, wall time, the training commit) are kept and the
+re-evaluation is recorded under ``"reevaluated"``. A run whose config differs in anything else is
+refused with the keys that differ: it needs a new training.
+"""
+import os
+from typing import Dict, List
+
+# Config keys that only evaluation reads (a change leaves the trained weights as they were).
+# TEST.PRECISE_BN is not one: it recomputes BatchNorm statistics, i.e. changes the weights.
+EVAL_ONLY_KEYS = frozenset({
+    "DATASETS.TEST", "DATASETS.PROPOSAL_FILES_TEST", "DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST",
+    "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
+    "TEST.EVAL_PERIOD", "TEST.DETECTIONS_PER_IMAGE", "TEST.EXPECTED_RESULTS", "TEST.KEYPOINT_OKS_SIGMAS",
+    "TEST.AUG.ENABLED", "TEST.AUG.MIN_SIZES", "TEST.AUG.MAX_SIZE", "TEST.AUG.FLIP",
+    "MODEL.RETINANET.TOPK_CANDIDATES_TEST", "MODEL.RETINANET.SCORE_THRESH_TEST", "MODEL.RETINANET.NMS_THRESH_TEST",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST",
+})
+
+
+def flatten_config(cfg, prefix: str = "") -> Dict[str, object]:
+    """{"MODEL.RPN.NMS_THRESH": 0.7, ...}: every leaf of a CfgNode under its dotted key."""
+    out = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            out.update(flatten_config(value, name + "."))
+        else:
+            out[name] = _as_lists(value)
+    return out
+
+
+def _as_lists(value):
+    """Tuples as lists, nested: a config dump read back has lists where the defaults have tuples."""
+    return [_as_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def config_differences(trained_cfg, cfg) -> Dict[str, List[str]]:
+    """The keys whose values differ between the config a run was trained with and ``cfg``, as
+    "KEY: old -> new" lines, split into {"evaluation": [...], "training": [...]}."""
+    old, new = flatten_config(trained_cfg), flatten_config(cfg)
+    for flat in (old, new):
+        flat.pop("OUTPUT_DIR", None)  # where a run is written is not what it is (as in config_sha256)
+    diffs: Dict[str, List[str]] = {"evaluation": [], "training": []}
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            kind = "evaluation" if key in EVAL_ONLY_KEYS else "training"
+            diffs[kind].append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+    return diffs
+
+
+def evaluate_checkpoint(cfg, weights: str, output_dir: str) -> Dict[str, float]:
+    """Detectron2's evaluation of ``weights`` under ``cfg`` (the Trainer's evaluators, as at the end
+    of training), flattened to metrics.json's names ("bbox/AP50", "box_proposals/AR@1000")."""
+    from detectron2.evaluation.testing import flatten_results_dict
+
+    from .engine import Trainer, load_weights_strict
+
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.OUTPUT_DIR = output_dir
+    cfg.freeze()
+    model = Trainer.build_model(cfg)
+    load_weights_strict(model, weights)
+    return {k: float(v) for k, v in flatten_results_dict(Trainer.test(cfg, model)).items()}
+
+
+def reevaluate_run(summary: dict, cfg, run_dir: str, git_commit: str) -> dict:
+    """The summary of the run in ``run_dir`` re-evaluated under ``cfg``. Raises ValueError naming
+    what is missing or which training keys changed."""
+    from . import results
+    from .config import load_config
+
+    trained_yaml = os.path.join(run_dir, "config.yaml")
+    weights = os.path.join(run_dir, "model_final.pth")
+    for path in (trained_yaml, weights):
+        if not os.path.isfile(path):
+            raise ValueError(f"{path} not found: the run's folder is needed to re-evaluate it (train it again instead)")
+    diffs = config_differences(load_config(trained_yaml, freeze=False), cfg)
+    if diffs["training"]:
+        raise ValueError(f"{run_dir} was trained with another config; it needs a new run: " + "; ".join(diffs["training"]))
+    metrics = evaluate_checkpoint(cfg, weights, os.path.join(run_dir, "reevaluate"))
+    metrics = {k: v for k, v in metrics.items() if k.startswith(("bbox/", "box_proposals/"))}
+    return {**summary, "metrics": metrics, "config_sha256": results.config_sha256(cfg),
+            "reevaluated": {"previous_config_sha256": summary["config_sha256"], "git_commit": git_commit,
+                            "changed": diffs["evaluation"]}}
