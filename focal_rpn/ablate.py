@@ -18,7 +18,6 @@ checkpoint under today's config instead (:mod:`focal_rpn.reevaluate`). The repor
 variant and the paired difference to the suite's reference variant with a verdict.
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -223,8 +222,7 @@ def reevaluate_stale(jobs, args) -> None:
         if state != "stale":
             print(f"{v.name} seed {seed}: {'current' if state == 'current' else 'no summary (train it)'}, skipped")
             continue
-        with open(path) as f:
-            summary = json.load(f)
+        summary = results.load_summary(path)
         try:
             new = reevaluate_run(summary, run_config(v, seed, args.opts),
                                  run_dir(args.out, args.suite, args.dataset, v.name, seed), results.git_commit(ROOT))

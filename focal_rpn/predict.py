@@ -18,6 +18,7 @@ import csv
 import glob
 import json
 import os
+from collections import Counter
 from typing import Callable, List, Tuple
 
 import numpy as np
@@ -106,14 +107,6 @@ def predict_image(predict: Callable[[np.ndarray], Instances], bgr: np.ndarray, t
     return merge_windows(per_window, bgr.shape[:2], nms, max_dets)
 
 
-def add_counts(counts: dict, inst: Instances, dataset_dict: dict, score_thresh: float) -> None:
-    """Adds one image's true positives, false positives and missed ground truth (as drawn by
-    :func:`draw_evaluation`) to ``counts``."""
-    for name, boxes in evaluation_groups(inst, dataset_dict, score_thresh).items():
-        counts[name] += len(boxes)
-    counts["images"] += 1
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config-file", required=True)
@@ -132,7 +125,7 @@ def main(argv=None):
     cfg = load_config(args.config_file, args.opts)
     paths = expand_inputs(args.input)
     gt_of = ground_truth_lookup(args.gt) if args.gt else (lambda path: None)
-    counts = {"true positive": 0, "false positive": 0, "missed": 0, "images": 0}
+    counts, annotated = Counter(), 0  # totals of the evaluation view over the images --gt annotates
     d2_predictor = strict_predictor(cfg)  # resizes to INPUT.MIN_SIZE_TEST, maps back to the window
 
     def predictor(bgr):
@@ -160,7 +153,8 @@ def main(argv=None):
                 rows.append([path, f"{x1:.1f}", f"{y1:.1f}", f"{x2:.1f}", f"{y2:.1f}", f"{s:.4f}", names[c]])
             gt = gt_of(path)
             if gt is not None:
-                add_counts(counts, inst, gt, args.draw_thresh)
+                counts.update({k: len(v) for k, v in evaluation_groups(inst, gt, args.draw_thresh).items()})
+                annotated += 1
             if args.draw:
                 out = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
                 rgb = bgr[:, :, ::-1]
@@ -175,8 +169,8 @@ def main(argv=None):
         w.writerows(rows)
     print(f"{len(records)} detections in {len(paths)} images: {os.path.abspath(args.output)}/detections.json, detections.csv")
     if args.gt:
-        print(f"against the ground truth of {counts.pop('images')} of them (IoU >= 0.5, score >= {args.draw_thresh:g}): "
-              + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        print(f"against the ground truth of {annotated} of them (IoU >= 0.5, score >= {args.draw_thresh:g}): "
+              + ", ".join(f"{counts[k]} {k}" for k in ("true positive", "false positive", "missed")))
 
 
 if __name__ == "__main__":
