@@ -7,6 +7,7 @@
     python benchmarks/bench_train_step.py --pair ohem             # OHEM vs StandardROIHeads
     python benchmarks/bench_train_step.py --pair precision        # bf16 autocast, channels_last vs fp32
     python benchmarks/bench_train_step.py --pair precision --config configs/trees/rpn_ce.yaml
+    python benchmarks/bench_train_step.py --pair image_threads    # MODEL.IMAGE_THREADS 2 vs 1
 
 Both variants are built from the same config, seed and batch (identical weights). Training steps
 and inference calls alternate A, B, A, B in one process; the reported ratio is the median of the
@@ -67,6 +68,15 @@ PAIRS = {
             "bf16 + ch_last": ["SOLVER.AMP.ENABLED", "True", "MODEL.CHANNELS_LAST", "True"],
         },
         "reference": "fp32",
+    },
+    # RoIAlign's backward and the RPN's proposal selection split by image over threads
+    "image_threads": {
+        "config": "configs/trees/rpn_ce.yaml",
+        "variants": {
+            "1 thread": ["MODEL.IMAGE_THREADS", "1"],
+            "2 threads": ["MODEL.IMAGE_THREADS", "2"],
+        },
+        "reference": "1 thread",
     },
 }
 

@@ -69,6 +69,10 @@ def add_focal_rpn_config(cfg):
     # NHWC kernels are faster on CPUs (and tensor cores prefer NHWC on GPUs); same results up to
     # rounding. With SOLVER.AMP.ENABLED on a CPU, training runs under bfloat16 autocast.
     _C.MODEL.CHANNELS_LAST = False
+    # Threads for per-image work that PyTorch runs on one CPU core: RoIAlign's backward and the
+    # RPN's proposal selection (top-k, NMS) take a range of the batch's images each. Bitwise the
+    # same results as 1; on 2 cores the trees Faster R-CNN step is faster (README, Performance).
+    _C.MODEL.IMAGE_THREADS = 1
 
     # Keep each training image decoded in memory after its first read (per loader process). A
     # few dozen trees tiles take ~40 MB and save a PNG decode per crop; COCO's 118k would not fit.

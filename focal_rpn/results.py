@@ -6,8 +6,9 @@ One finished run leaves ``RESULTS/<dataset>/<suite>/<variant>/seed<K>.json``::
     {"variant", "seed", "iterations", "s_per_iter", "peak_rss_mb", "wall_s", "config_sha256",
      "git_commit", "metrics": {"bbox/AP": ..., "bbox/AP50": ..., "box_proposals/AR@1000": ...}}
 
-``config_sha256`` is the SHA-256 of the run's full config dump (OUTPUT_DIR blanked): a summary
-whose hash differs from what its variant builds today is *stale*, reported and left out.
+``config_sha256`` is the SHA-256 of the run's full config dump (OUTPUT_DIR and the
+:data:`RESULT_NEUTRAL_KEYS` left out): a summary whose hash differs from what its variant builds
+today is *stale*, reported and left out.
 """
 import csv
 import hashlib
@@ -24,11 +25,24 @@ METRICS = ["bbox/AP", "bbox/AP50", "bbox/AP75"]
 PROPOSAL_METRICS = ["box_proposals/AR@100", "box_proposals/AR@1000"]
 
 
+# Keys that change how fast a run goes but not one bit of what it computes (each has a test that
+# shows bitwise-equal training): left out of the hash, so that runs made with either value, or
+# before the key existed, stay current.
+RESULT_NEUTRAL_KEYS = ("MODEL.IMAGE_THREADS",)
+
+
 def config_sha256(cfg) -> str:
-    """SHA-256 of ``cfg.dump()`` with OUTPUT_DIR blanked (where a run is written is not what it is)."""
+    """SHA-256 of ``cfg.dump()`` with OUTPUT_DIR blanked (where a run is written is not what it is)
+    and :data:`RESULT_NEUTRAL_KEYS` removed."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.OUTPUT_DIR = ""
+    for key in RESULT_NEUTRAL_KEYS:
+        *path, leaf = key.split(".")
+        node = cfg
+        for name in path:
+            node = node.get(name, {})
+        node.pop(leaf, None)
     return hashlib.sha256(cfg.dump().encode()).hexdigest()
 
 

@@ -9,6 +9,7 @@ from detectron2.evaluation import COCOEvaluator
 
 from ..data import CheckedDatasetMapper, build_train_augmentations, check_dataset, ensure_json
 from ..modeling.channels_last import to_channels_last
+from ..modeling.image_threads import split_images
 from .autocast import amp_trainer
 from .checkpoint import CheckedCheckpointer
 
@@ -26,7 +27,8 @@ def create_ddp_model(model, **kwargs):
 class Trainer(DefaultTrainer):
     """DefaultTrainer that checks its datasets up front, evaluates with COCOEvaluator, trains
     with bfloat16 autocast on a CPU when SOLVER.AMP.ENABLED (Detectron2's AMPTrainer on CUDA), and
-    builds channels_last models when MODEL.CHANNELS_LAST."""
+    builds channels_last models when MODEL.CHANNELS_LAST and splits per-image work over
+    MODEL.IMAGE_THREADS threads."""
 
     def __init__(self, cfg):
         for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
@@ -39,7 +41,9 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         model = super().build_model(cfg)
-        return to_channels_last(model) if cfg.MODEL.CHANNELS_LAST else model
+        if cfg.MODEL.CHANNELS_LAST:
+            to_channels_last(model)
+        return split_images(model, cfg.MODEL.IMAGE_THREADS)
 
     @classmethod
     def build_train_loader(cls, cfg):
