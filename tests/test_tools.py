@@ -178,12 +178,13 @@ def test_reevaluate_a_test_time_change_instead_of_training(tmp_path, capsys):
     assert not _same_metrics(before["metrics"], fresh["metrics"])  # the setting matters to the metrics
     capsys.readouterr()
     ablate.main(base + ["--reevaluate", "--opts", *iters, *test_change])
-    assert "gamma_2 seed 0: re-evaluated (MODEL.RETINANET.TOPK_CANDIDATES_TEST: 2000 -> 3; " \
+    assert "gamma_2 seed 0: re-evaluated (MODEL.RETINANET.TOPK_CANDIDATES_TEST: 6000 -> 3; " \
            "TEST.DETECTIONS_PER_IMAGE: 500 -> 4)" in capsys.readouterr().out
     after = json.loads(path.read_text())
     assert _same_metrics(after["metrics"], fresh["metrics"]) and after["config_sha256"] == fresh["config_sha256"]
     assert after["s_per_iter"] == before["s_per_iter"] and after["git_commit"] == before["git_commit"]
     assert after["reevaluated"]["previous_config_sha256"] == before["config_sha256"]
+    assert set(after) == set(before) | {"reevaluated"}  # the same fields as a trained run's, nothing more
     ablate.main(base + ["--opts", *iters, *test_change])  # now current: nothing to train
     assert "summary exists, skipped" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # nothing current left to report
