@@ -7,7 +7,7 @@
     python benchmarks/bench_train_step.py --pair ohem             # OHEM vs StandardROIHeads
     python benchmarks/bench_train_step.py --pair precision        # bf16 autocast, channels_last vs fp32
     python benchmarks/bench_train_step.py --pair precision --config configs/trees/rpn_ce.yaml
-    python benchmarks/bench_train_step.py --pair image_threads    # MODEL.IMAGE_THREADS 2 vs 1
+    python benchmarks/bench_train_step.py --pair image_threads --crop 400   # MODEL.IMAGE_THREADS 2 vs 1
 
 Both variants are built from the same config, seed and batch (identical weights). Training steps
 and inference calls alternate A, B, A, B in one process; the reported ratio is the median of the
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
 ROOT = __file__.rsplit("/benchmarks/", 1)[0]
@@ -91,6 +92,7 @@ def build(config, opts, seed=0, augmentations=()):
 
     cfg = load_config(f"{ROOT}/{config}", opts)
     torch.manual_seed(seed)
+    np.random.seed(seed)  # the same random crops for every variant
     model = Trainer.build_model(cfg)  # channels_last when MODEL.CHANNELS_LAST
     model.autocast = cfg.SOLVER.AMP.ENABLED
     mapper = DatasetMapper(cfg, is_train=True, augmentations=list(augmentations))
@@ -122,13 +124,14 @@ def timed(fn, *args):
     return time.perf_counter() - t0
 
 
-def step_peak_mb(config, opts, steps=3):
+def step_peak_mb(config, opts, crop=0, steps=3):
     """Extra peak RSS (MB) of ``steps`` training steps after two warm-up steps, and the peak of
     live tensor bytes (MB) of one more step, in a fresh process."""
     code = (
         f"import sys; sys.path.insert(0, {ROOT + '/benchmarks'!r}); import bench_train_step as b, peak_rss; "
-        "from detectron2.utils.events import EventStorage; import json; "
-        f"m, o, batch = b.build({config!r}, {opts!r}); s = EventStorage(); s.__enter__(); "
+        "from detectron2.utils.events import EventStorage; from detectron2.data import transforms as T; import json; "
+        f"augs = [T.RandomCrop('absolute', ({crop}, {crop}))] if {crop} else []; "
+        f"m, o, batch = b.build({config!r}, {opts!r}, augmentations=augs); s = EventStorage(); s.__enter__(); "
         "b.train_step(m, o, batch); b.train_step(m, o, batch); r0 = peak_rss.reset_peak(); "
         f"[b.train_step(m, o, batch) for _ in range({steps})]; rss = (peak_rss.peak_kb() - r0) / 1024; "
         "live = peak_rss.tensor_peak_bytes(lambda: b.train_step(m, o, batch)) / 2**20; "
@@ -144,6 +147,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pair", choices=sorted(PAIRS), default="retinanet")
     ap.add_argument("--config", help="config of the pair's variants (default: the pair's own)")
+    ap.add_argument("--crop", type=int, default=0,
+                    help="train on random CROP x CROP px windows of the tiles, as the trees recipes do (default: whole tiles)")
     ap.add_argument("--steps", type=int, default=12, help="measured steps per variant (after 2 warm-up)")
     ap.add_argument("--memory-only", action="store_true", help="peak memory only (no timing)")
     ap.add_argument("--repeats", type=int, default=1, help="fresh processes per variant for peak memory")
@@ -153,7 +158,10 @@ def main():
     if args.config:
         pair["config"] = args.config
     names = list(pair["variants"])
-    built = {n: build(pair["config"], args.opts + pair["variants"][n]) for n in names}
+    from detectron2.data import transforms as T
+
+    augs = [T.RandomCrop("absolute", (args.crop, args.crop))] if args.crop else []
+    built = {n: build(pair["config"], args.opts + pair["variants"][n], augmentations=augs) for n in names}
     ref_state = built[names[0]][0].state_dict()
     for n in names[1:]:  # same weights wherever the shapes agree
         own = built[n][0].state_dict()
@@ -176,7 +184,7 @@ def main():
     mems = {n: [] for n in names}
     for _ in range(args.repeats):
         for n in names:
-            mems[n].append(step_peak_mb(pair["config"], args.opts + pair["variants"][n]))
+            mems[n].append(step_peak_mb(pair["config"], args.opts + pair["variants"][n], args.crop))
     rss = {n: statistics.median(m[0] for m in mems[n]) for n in names}
     live = {n: statistics.median(m[1] for m in mems[n]) for n in names}
     print(f"{'variant':<20}{'train s':>9}{'train/ref':>11}{'infer s':>9}{'infer/ref':>11}"
