@@ -102,6 +102,18 @@ def test_training_step_bitwise_one_thread(make_cfg, opts):
         assert torch.equal(a.objectness_logits, b.objectness_logits)
 
 
+def test_model_with_image_threads_pickles_and_copies(make_cfg, tmp_path):
+    import copy
+
+    cfg = make_cfg("configs/synthetic/faster_rcnn.yaml", "MODEL.IMAGE_THREADS", "2")
+    model = Trainer.build_model(cfg)
+    torch.save(model, tmp_path / "model.pt")  # a whole model, not only its state_dict
+    for clone in (torch.load(tmp_path / "model.pt", weights_only=False), copy.deepcopy(model)):
+        rpn = clone.proposal_generator
+        assert rpn.predict_proposals.rpn is rpn and rpn.predict_proposals.threads == 2
+        assert sum(isinstance(m, ImageThreadsROIAlign) for m in clone.modules()) >= 1
+
+
 def test_image_threads_rejects_zero(make_cfg):
     cfg = make_cfg("configs/synthetic/faster_rcnn.yaml", "MODEL.IMAGE_THREADS", "0")
     with pytest.raises(ValueError, match="MODEL.IMAGE_THREADS"):

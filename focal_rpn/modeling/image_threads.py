@@ -10,7 +10,6 @@ kernel with the same inputs in the same order, so training is bitwise identical 
 RPN's and ROI heads' sampling draws from the global generator, so it stays in the caller).
 """
 import contextlib
-import types
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List
 
@@ -101,16 +100,24 @@ class ImageThreadsROIAlign(ROIAlign):
                                       self.sampling_ratio, self.aligned, self.threads)
 
 
-def _predict_proposals_by_image(self, anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes):
-    """The RPN's own ``predict_proposals`` (per-level top-k, box decoding, per-image NMS) run per
-    range of images in threads; the same list of per-image Instances."""
-    method = type(self).predict_proposals
+class _ProposalsByImage:
+    """Stands in for an RPN's ``predict_proposals``: the RPN's own method (per-level top-k, box
+    decoding, per-image NMS) run per range of images in threads, returning the same list of
+    per-image Instances. A plain object rather than a bound function, so that a model holding it
+    still pickles (``torch.save(model)``) and deep-copies."""
 
-    def part(r):
-        return method(self, anchors, [x[r.start:r.stop] for x in pred_objectness_logits],
-                      [d[r.start:r.stop] for d in pred_anchor_deltas], image_sizes[r.start:r.stop])
+    def __init__(self, rpn: RPN, threads: int):
+        self.rpn, self.threads = rpn, threads
 
-    return [inst for part_out in run_by_image(part, len(image_sizes), self.image_threads) for inst in part_out]
+    def __call__(self, anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes):
+        rpn = self.rpn
+
+        def part(r):
+            return type(rpn).predict_proposals(
+                rpn, anchors, [x[r.start:r.stop] for x in pred_objectness_logits],
+                [d[r.start:r.stop] for d in pred_anchor_deltas], image_sizes[r.start:r.stop])
+
+        return [inst for out in run_by_image(part, len(image_sizes), self.threads) for inst in out]
 
 
 def split_images(model: nn.Module, threads: int) -> nn.Module:
@@ -128,7 +135,6 @@ def split_images(model: nn.Module, threads: int) -> nn.Module:
                     module.level_poolers[i] = ImageThreadsROIAlign(
                         level.output_size, level.spatial_scale, level.sampling_ratio, level.aligned, threads=threads)
         elif isinstance(module, RPN):
-            module.image_threads = threads
-            module.predict_proposals = types.MethodType(_predict_proposals_by_image, module)
+            module.predict_proposals = _ProposalsByImage(module, threads)
     return model
 
