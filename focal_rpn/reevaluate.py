@@ -45,9 +45,12 @@ def _as_lists(value):
 def config_differences(trained_cfg, cfg) -> Dict[str, List[str]]:
     """The keys whose values differ between the config a run was trained with and ``cfg``, as
     "KEY: old -> new" lines, split into {"evaluation": [...], "training": [...]}."""
+    from .results import RESULT_NEUTRAL_KEYS
+
     old, new = flatten_config(trained_cfg), flatten_config(cfg)
     for flat in (old, new):
-        flat.pop("OUTPUT_DIR", None)  # where a run is written is not what it is (as in config_sha256)
+        for key in ("OUTPUT_DIR",) + RESULT_NEUTRAL_KEYS:  # left out as in config_sha256
+            flat.pop(key, None)
     diffs: Dict[str, List[str]] = {"evaluation": [], "training": []}
     for key in sorted(set(old) | set(new)):
         if old.get(key, "<absent>") != new.get(key, "<absent>"):

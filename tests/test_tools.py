@@ -201,7 +201,8 @@ def test_config_differences_split_evaluation_from_training():
 
     a = load_config("configs/trees/rpn_ce.yaml", [])
     b = load_config("configs/trees/rpn_ce.yaml", ["MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
-                                                  "TEST.PRECISE_BN.ENABLED", "True", "OUTPUT_DIR", "elsewhere"])
+                                                  "TEST.PRECISE_BN.ENABLED", "True", "OUTPUT_DIR", "elsewhere",
+                                                  "MODEL.IMAGE_THREADS", "3"])
     diffs = config_differences(a, b)
     assert diffs["evaluation"] == ["MODEL.RPN.POST_NMS_TOPK_TEST: 3000 -> 100"]
     assert diffs["training"] == ["MODEL.RPN.POST_NMS_TOPK_TRAIN: 500 -> 100", "TEST.PRECISE_BN.ENABLED: False -> True"]
