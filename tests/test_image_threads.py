@@ -29,6 +29,19 @@ def test_image_ranges_cover_every_image_once():
     assert run_by_image(lambda r: list(r), 7, 3) == [[0, 1], [2, 3], [4, 5, 6]]
 
 
+def test_workers_take_the_callers_grad_mode_and_autocast():
+    import threading
+
+    def state(r):
+        return torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), threading.current_thread().name
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        states = run_by_image(state, 4, 2)
+    assert [s[:2] for s in states] == [(False, True), (False, True)]
+    assert states[1][2].startswith("focal_rpn-image")  # the second range ran in a worker thread
+    assert [s[:2] for s in run_by_image(state, 4, 2)] == [(True, False), (True, False)]
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("sampling_ratio,aligned", [(0, True), (2, False)])
 def test_roi_align_backward_bitwise_torchvision(threads, sampling_ratio, aligned):
