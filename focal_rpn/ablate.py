@@ -107,9 +107,32 @@ def summarize(variant: Variant, seed: int, opts: List[str], run_dir: str, peak_r
     }
 
 
+def set_aside_other_training(run_dir: str, cfg) -> None:
+    """Renames ``run_dir`` to ``run_dir.stale-N`` (files kept) when it holds checkpoints of a config
+    other than ``cfg`` (the variant changed since: its summary is stale), so that ``--resume``
+    cannot continue, or take as finished, weights trained under the old config."""
+    if not os.path.isfile(os.path.join(run_dir, "last_checkpoint")):
+        return
+    saved = os.path.join(run_dir, "config.yaml")  # written by train_net.py's default_setup
+    try:
+        from .config import load_config
+
+        if results.same_training(load_config(saved), cfg):
+            return
+        why = "trained under another config"
+    except Exception as e:  # no config.yaml, or one this version cannot read: not the same run
+        why = f"its config.yaml cannot be compared ({type(e).__name__}: {e})"
+    n = 1
+    while os.path.exists(f"{run_dir}.stale-{n}"):
+        n += 1
+    os.rename(run_dir, f"{run_dir}.stale-{n}")
+    print(f"{run_dir}: {why}; moved to {run_dir}.stale-{n}, training from scratch", flush=True)
+
+
 def run_one(variant: Variant, seed: int, opts: List[str], run_dir: str, num_gpus: int) -> dict:
     """Trains and evaluates one run in a train_net.py process (resuming when it has a checkpoint).
     Returns its summary (without writing it)."""
+    set_aside_other_training(run_dir, run_config(variant, seed, opts))
     os.makedirs(run_dir, exist_ok=True)
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", os.path.join(ROOT, variant.config),
            "--num-gpus", str(num_gpus)]

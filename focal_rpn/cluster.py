@@ -246,6 +246,8 @@ def print_status(states: Dict[Tuple[str, int], Tuple[str, str]], title: str) -> 
 def submit(runs: List[StudyRun], states, suite_dir: str, executor) -> Dict[Tuple[str, int], object]:
     """Submits every run whose job is not pending, running or done and records it in the ledger.
     Returns the submitted submitit jobs by (variant, seed)."""
+    from .ablate import run_config, set_aside_other_training
+
     ledger = load_ledger(suite_dir)
     jobs = {}
     for run in runs:
@@ -254,6 +256,8 @@ def submit(runs: List[StudyRun], states, suite_dir: str, executor) -> Dict[Tuple
         if state in ("done", "running", "pending"):
             print(f"{run.variant.name} seed {run.seed}: {state}, not submitted again")
             continue
+        # not in the job: a requeued job must resume its own checkpoints, and nodes would race
+        set_aside_other_training(run.run_dir, run_config(run.variant, run.seed, run.opts))
         job = executor.submit(run)
         jobs[key] = job
         ledger[f"{run.variant.name}/seed{run.seed}"] = {

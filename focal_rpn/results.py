@@ -19,6 +19,8 @@ import statistics
 import subprocess
 from typing import Callable, Dict, List, Optional
 
+import yaml
+
 from .stats import Interval, mean_ci, paired_difference, verdict
 
 METRICS = ["bbox/AP", "bbox/AP50", "bbox/AP75"]
@@ -31,9 +33,9 @@ PROPOSAL_METRICS = ["box_proposals/AR@100", "box_proposals/AR@1000"]
 RESULT_NEUTRAL_KEYS = ("MODEL.IMAGE_THREADS",)
 
 
-def config_sha256(cfg) -> str:
-    """SHA-256 of ``cfg.dump()`` with OUTPUT_DIR blanked (where a run is written is not what it is)
-    and :data:`RESULT_NEUTRAL_KEYS` removed."""
+def _comparable(cfg):
+    """A copy of ``cfg`` with OUTPUT_DIR blanked (where a run is written is not what it is) and
+    :data:`RESULT_NEUTRAL_KEYS` removed."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.OUTPUT_DIR = ""
@@ -43,7 +45,19 @@ def config_sha256(cfg) -> str:
         for name in path:
             node = node.get(name, {})
         node.pop(leaf, None)
-    return hashlib.sha256(cfg.dump().encode()).hexdigest()
+    return cfg
+
+
+def config_sha256(cfg) -> str:
+    """SHA-256 of the dump of :func:`_comparable` ``(cfg)``."""
+    return hashlib.sha256(_comparable(cfg).dump().encode()).hexdigest()
+
+
+def same_training(a, b) -> bool:
+    """Whether configs ``a`` and ``b`` train the same run (OUTPUT_DIR and RESULT_NEUTRAL_KEYS
+    aside), compared as data: a config read back from a run's config.yaml dumps shared lists
+    without the YAML anchors of the config it was written from, so their hashes can differ."""
+    return yaml.safe_load(_comparable(a).dump()) == yaml.safe_load(_comparable(b).dump())
 
 
 def git_commit(root: str) -> str:

@@ -101,3 +101,21 @@ def test_focal_classifier_with_gamma0_is_cross_entropy(make_cfg):
     with EventStorage():
         out = pred.losses((scores, torch.zeros(10, 12)), [p])
     torch.testing.assert_close(out["loss_cls"], F.cross_entropy(scores, p.gt_classes))
+
+
+@pytest.mark.parametrize("loss_type", ["smooth_l1", "giou", "diou"])
+def test_roi_ranking_loss_is_the_trained_loss(make_cfg, loss_type):
+    """OHEM ranks RoIs by the loss the box head then minimises: the mean of per_roi_losses equals
+    Detectron2's own FastRCNNOutputLayers.losses (loss_cls + weighted loss_box_reg) on the same RoIs."""
+    heads, feats, p, gt = _model_and_proposals(
+        make_cfg, "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", loss_type, "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT", "2.5")
+    with EventStorage():
+        (labelled,) = heads.label_and_sample_proposals([p], [gt])
+        assert (labelled.gt_classes < heads.num_classes).any()
+        pooled = heads.box_pooler([feats[f] for f in heads.box_in_features], [labelled.proposal_boxes])
+        predictions = heads.box_predictor(heads.box_head(pooled))
+        predictions = (predictions[0].detach(), predictions[1].detach() * 3)  # deltas far from 0
+        per_roi = heads.per_roi_losses(predictions, [labelled])
+        reference = heads.box_predictor.losses(predictions, [labelled])
+    assert per_roi.shape == (len(labelled),)
+    torch.testing.assert_close(per_roi.mean(), reference["loss_cls"] + reference["loss_box_reg"])

@@ -193,6 +193,33 @@ def test_reevaluate_a_test_time_change_instead_of_training(tmp_path, capsys):
     assert "not re-evaluated, still stale: gamma_2 seed 0:" in out and "SOLVER.BASE_LR: 0.02 -> 0.001" in out
     kept = json.loads(path.read_text())  # left as it was
     assert kept["config_sha256"] == after["config_sha256"] and _same_metrics(kept["metrics"], after["metrics"])
+    # training it again under the changed config starts from scratch: the old folder's finished
+    # checkpoint must not be resumed (it would be taken as a finished run of the new config)
+    run = tmp_path / "runs" / "retinanet-synthetic" / "gamma_2" / "seed0"
+    ablate.main(base + ["--opts", *iters, *test_change, "SOLVER.BASE_LR", "0.001"])
+    with open(run / "metrics.json") as f:  # a fresh folder: one training, one evaluation
+        rows = [json.loads(line) for line in f]
+    assert sum("total_loss" in r for r in rows) >= 1 and sum("bbox/AP50" in r for r in rows) == 1
+    assert (run.parent / "seed0.stale-1" / "model_final.pth").is_file()  # the old run's files are kept
+    assert "moved to" in capsys.readouterr().out
+    assert json.loads(path.read_text())["config_sha256"] != kept["config_sha256"]
+
+
+def test_a_run_folder_of_another_config_is_set_aside(tmp_path):
+    v = [x for x in ablate.suite_variants("retinanet", "synthetic") if x.name == "gamma_2"][0]
+    cfg = ablate.run_config(v, 0, [])
+    run = tmp_path / "seed0"
+    run.mkdir()
+    (run / "last_checkpoint").write_text("model_final.pth")
+    (run / "config.yaml").write_text(cfg.dump())
+    ablate.set_aside_other_training(str(run), ablate.run_config(v, 0, ["MODEL.IMAGE_THREADS", "2"]))
+    assert run.is_dir()  # the same training (a result-neutral key aside): resumed, not moved
+    ablate.set_aside_other_training(str(run), ablate.run_config(v, 1, []))  # another seed
+    assert not run.exists() and (tmp_path / "seed0.stale-1" / "config.yaml").is_file()
+    run.mkdir()
+    (run / "last_checkpoint").write_text("model_final.pth")  # no config.yaml: cannot be compared
+    ablate.set_aside_other_training(str(run), cfg)
+    assert (tmp_path / "seed0.stale-2" / "last_checkpoint").is_file()
 
 
 def test_config_differences_split_evaluation_from_training():

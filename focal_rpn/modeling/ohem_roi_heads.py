@@ -6,9 +6,13 @@ from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.matcher import Matcher
 from detectron2.utils.events import get_event_storage
 from torch.nn import functional as F
-from fvcore.nn import smooth_l1_loss
+from detectron2.layers.losses import ciou_loss, diou_loss
+from fvcore.nn import giou_loss, smooth_l1_loss
 
 from .ohem import select_hard_examples
+
+# Box losses on decoded boxes with a per-RoI (reduction="none") form, by BBOX_REG_LOSS_TYPE.
+_IOU_LOSSES = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -16,7 +20,7 @@ class OHEMROIHeads(StandardROIHeads):
     """StandardROIHeads that trains the box head on the hardest RoIs instead of a 1:3 sample.
 
     Every proposal (and GT box) is labelled; a read-only pass of the box head (no gradient) gives
-    each RoI its loss (softmax CE + box regression for foreground RoIs); per image, NMS over the
+    each RoI its loss (softmax CE + the box head's regression loss for foreground RoIs); per image, NMS over the
     RoIs scored by loss removes duplicates and the top ``ohem_batch_size_per_image`` are kept
     (``ohem_neg_pos_ratio`` r > 0: all surviving positives plus the r·N_pos hardest negatives).
     The box head then runs again, with gradient, on the kept RoIs only. The read-only pass pools
@@ -65,19 +69,30 @@ class OHEMROIHeads(StandardROIHeads):
 
     @torch.no_grad()
     def per_roi_losses(self, predictions, proposals):
-        """(R,) loss of each RoI: softmax CE plus, for foreground RoIs, the smooth-L1 box loss."""
+        """(R,) loss of each RoI, the terms the box head is trained with: softmax CE plus, for
+        foreground RoIs, the box loss of ``BBOX_REG_LOSS_TYPE`` (smooth-L1 of the deltas, or
+        GIoU/DIoU/CIoU of the decoded box) times ``BBOX_REG_LOSS_WEIGHT``. Their mean over the RoIs is ``loss_cls + loss_box_reg`` of
+        ``box_predictor.losses`` on the same RoIs, so OHEM ranks by the loss it then minimises."""
         scores, deltas = predictions
+        pred = self.box_predictor
         gt_classes = cat([p.gt_classes for p in proposals])
-        loss = F.cross_entropy(scores, gt_classes, reduction="none")
+        loss = F.cross_entropy(scores.float(), gt_classes, reduction="none") * pred.loss_weight.get("loss_cls", 1.0)
         fg = nonzero_tuple(gt_classes < self.num_classes)[0]
         if fg.numel():
-            pred = self.box_predictor
-            boxes = cat([p.proposal_boxes.tensor for p in proposals])
-            gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals])
-            d = deltas.view(deltas.shape[0], -1, 4)
+            boxes = cat([p.proposal_boxes.tensor for p in proposals])[fg]
+            gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals])[fg]
+            d = deltas.float().view(deltas.shape[0], -1, 4)
             d = d[fg, gt_classes[fg]] if d.shape[1] > 1 else d[fg, 0]
-            target = pred.box2box_transform.get_deltas(boxes[fg], gt_boxes[fg])
-            loss[fg] += smooth_l1_loss(d, target, pred.smooth_l1_beta, reduction="none").sum(dim=1)
+            if pred.box_reg_loss_type == "smooth_l1":
+                target = pred.box2box_transform.get_deltas(boxes, gt_boxes)
+                box_loss = smooth_l1_loss(d, target, pred.smooth_l1_beta, reduction="none").sum(dim=1)
+            elif pred.box_reg_loss_type in _IOU_LOSSES:
+                decoded = pred.box2box_transform.apply_deltas(d, boxes)
+                box_loss = _IOU_LOSSES[pred.box_reg_loss_type](decoded, gt_boxes, reduction="none")
+            else:
+                raise ValueError(f"OHEMROIHeads: MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE "
+                                 f"'{pred.box_reg_loss_type}' has no per-RoI form here")
+            loss[fg] += box_loss * pred.loss_weight.get("loss_box_reg", 1.0)
         return loss
 
     def _forward_box(self, features, proposals):
