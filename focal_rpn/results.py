@@ -170,19 +170,48 @@ def tabulate(summaries: List[dict], variants: List[str], reference: str, title: 
               "| variant | pairs | " + " | ".join(f"Δ{m} | verdict" for m in short) + " |",
               "|---|---|" + "---|---|" * len(metrics)]
     ref = by.get(reference, {})
+    diffs: Dict[str, Dict[str, Interval]] = {}
     for v in present:
         if v == reference:
             continue
-        cells, pairs = [], len(set(by[v]) & set(ref))
-        for m in metrics:
-            d = paired_difference({k: r["metrics"].get(m, math.nan) for k, r in by[v].items()},
-                                  {k: r["metrics"].get(m, math.nan) for k, r in ref.items()})
-            cells += [_fmt(d), verdict(d)]
-        lines.append(f"| {v} | {pairs} | " + " | ".join(cells) + " |")
+        diffs[v] = {m: paired_difference({k: r["metrics"].get(m, math.nan) for k, r in by[v].items()},
+                                         {k: r["metrics"].get(m, math.nan) for k, r in ref.items()})
+                    for m in metrics}
+        cells = [c for m in metrics for c in (_fmt(diffs[v][m]), verdict(diffs[v][m]))]
+        lines.append(f"| {v} | {len(set(by[v]) & set(ref))} | " + " | ".join(cells) + " |")
+    lines += [""] + reading(diffs, reference)
     if stale:
         lines += ["", "Stale (config changed since the run; left out): "
                   + ", ".join(f"{s['variant']} seed {s['seed']}" for s in stale)]
     return "\n".join(lines) + "\n"
+
+
+def reading(diffs: Dict[str, Dict[str, Interval]], reference: str, headline: str = "bbox/AP50",
+            confidence: float = 0.95) -> List[str]:
+    """Markdown lines that read the paired differences ``diffs[variant][metric]`` out: which
+    comparisons resolved, how many would resolve by chance alone (each comparison of two equal
+    variants resolves with probability 1 - ``confidence``), and, for the ``headline`` metric,
+    the half-width inside which each unresolved difference lies."""
+    short = lambda m: m.split("/", 1)[1]  # noqa: E731
+    tested = [(v, m, d) for v, row in diffs.items() for m, d in row.items() if d.n >= 2]
+    resolved = [(v, m, d) for v, m, d in tested if verdict(d) != "not resolved"]
+    lines = [f"Reading (generated): {len(resolved)} of {len(tested)} paired comparisons with at least 2 "
+             f"pairs resolved at {confidence:.0%}; if no variant differed from `{reference}`, about "
+             f"{(1 - confidence) * len(tested):.1f} would resolve by chance, so a lone resolved "
+             "comparison, above all one of 2 pairs, is a lead rather than a finding."]
+    for v, m, d in resolved:
+        lines.append(f"- resolved: `{v}` {verdict(d)} than `{reference}` on {short(m)}, "
+                     f"{d.mean:+.2f} ± {d.half_width:.2f} ({d.n} pairs)")
+    for v, row in diffs.items():
+        d = row.get(headline)
+        if d is None or verdict(d) != "not resolved":
+            continue
+        if d.n < 2:
+            lines.append(f"- not resolved: `{v}` on {short(headline)}, {d.n} pair(s): no interval yet")
+        else:
+            lines.append(f"- not resolved: `{v}` on {short(headline)}, {d.mean:+.2f}, within "
+                         f"±{d.half_width:.2f} ({d.n} pairs)")
+    return lines
 
 
 def write_report(summaries: List[dict], variants: List[str], reference: str, out_dir: str, title: str,

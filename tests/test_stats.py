@@ -54,3 +54,23 @@ def test_pairing_resolves_what_unpaired_intervals_cannot():
     assert verdict(paired_difference(ref, var)) == "worse"
     noisy = {0: 26.0, 1: 27.0, 2: 32.0, 3: 26.5, 4: 29.0}
     assert verdict(paired_difference(noisy, ref)) == "not resolved"
+
+
+def test_generated_reading_of_hand_made_differences():
+    from focal_rpn.results import reading
+
+    ref = {0: 25.0, 1: 25.5, 2: 27.0}
+    diffs = {
+        "a": {"bbox/AP50": paired_difference({0: 20.0, 1: 21.0, 2: 22.0}, ref)},  # -5, -4.5, -5
+        "b": {"bbox/AP50": paired_difference({0: 27.0, 1: 24.5, 2: 27.5}, ref)},  # +2, -1, +0.5
+        "c": {"bbox/AP50": paired_difference({0: 30.0}, ref)},  # one pair: not a comparison yet
+    }
+    lines = reading(diffs, "ref")
+    # a: mean -14.5/3, s = sqrt(1/12), half-width 4.302653 * s / sqrt(3) = 0.7171
+    # b: mean 0.5, s = 1.5, half-width 4.302653 * 1.5 / sqrt(3) = 3.7262
+    assert lines[0].startswith("Reading (generated): 1 of 2 paired comparisons") and "about 0.1" in lines[0]
+    assert lines[1:] == [
+        "- resolved: `a` worse than `ref` on AP50, -4.83 ± 0.72 (3 pairs)",
+        "- not resolved: `b` on AP50, +0.50, within ±3.73 (3 pairs)",
+        "- not resolved: `c` on AP50, 1 pair(s): no interval yet",
+    ]
