@@ -78,6 +78,18 @@ def add_focal_rpn_config(cfg):
     # few dozen trees tiles take ~40 MB and save a PNG decode per crop; COCO's 118k would not fit.
     _C.DATALOADER.CACHE_IMAGES = False
 
+    # ---- Weight averaging over the tail of training (focal_rpn/engine/weight_average.py) ----
+    # The final weights (model_final.pth, the final evaluation) are the mean of snapshots taken
+    # after START_ITER iterations, every PERIOD after that, and after the last one; BatchNorm
+    # statistics are averaged too. On the trees photographs one late snapshot is a noisy pick and
+    # the mean of iterations 400-650 scored +3.4 AP50 (RetinaNet) and +1.7 (Faster R-CNN) over the
+    # last one (README). Training is untouched; with CHECKPOINT_PERIOD dividing START_ITER and
+    # PERIOD, the average of a run trained without it is rebuilt from its checkpoints.
+    _C.SOLVER.WEIGHT_AVERAGE = CN()
+    _C.SOLVER.WEIGHT_AVERAGE.ENABLED = False
+    _C.SOLVER.WEIGHT_AVERAGE.START_ITER = 400
+    _C.SOLVER.WEIGHT_AVERAGE.PERIOD = 100
+
     # The user's own datasets, registered before anything is built (focal_rpn/data/user_datasets.py):
     # "NAME=coco:ANNOTATIONS.json:IMAGE_DIR" or "NAME=voc:DIR" (images + Pascal VOC XMLs).
     _C.DATASETS.REGISTER = ()

@@ -8,6 +8,11 @@ evaluates it under today's config and rewrites its summary: new metrics and conf
 training figures (s/iter, peak memory, wall time, the training commit) are kept and the
 re-evaluation is recorded under ``"reevaluated"``. A run whose config differs in anything else is
 refused with the keys that differ: it needs a new training.
+
+Weight averaging (SOLVER.WEIGHT_AVERAGE.*) is post-training too: a run trained without it gets the
+mean of its periodic checkpoints (``focal_rpn.engine.weight_average``), saved as
+``reevaluate/model_average.pth`` in its folder and evaluated. A run trained with it keeps only the
+mean in model_final.pth, so a change of its averaging is refused.
 """
 import os
 from typing import Dict, List
@@ -23,6 +28,10 @@ EVAL_ONLY_KEYS = frozenset({
     "MODEL.RPN.PRE_NMS_TOPK_TEST", "MODEL.RPN.POST_NMS_TOPK_TEST",
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST",
 })
+
+
+# Keys of the weight average over the training's tail: computable afterwards from the checkpoints.
+AVERAGE_PREFIX = "SOLVER.WEIGHT_AVERAGE."
 
 
 def flatten_config(cfg, prefix: str = "") -> Dict[str, object]:
@@ -54,7 +63,7 @@ def config_differences(trained_cfg, cfg) -> Dict[str, List[str]]:
     diffs: Dict[str, List[str]] = {"evaluation": [], "training": []}
     for key in sorted(set(old) | set(new)):
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
-            kind = "evaluation" if key in EVAL_ONLY_KEYS else "training"
+            kind = "evaluation" if key in EVAL_ONLY_KEYS or key.startswith(AVERAGE_PREFIX) else "training"
             diffs[kind].append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
     return diffs
 
@@ -86,12 +95,37 @@ def reevaluate_run(summary: dict, cfg, run_dir: str, git_commit: str) -> dict:
     for path in (trained_yaml, weights):
         if not os.path.isfile(path):
             raise ValueError(f"{path} not found: the run's folder is needed to re-evaluate it (train it again instead)")
-    diffs = config_differences(load_config(trained_yaml, freeze=False), cfg)
+    trained_cfg = load_config(trained_yaml, freeze=False)
+    diffs = config_differences(trained_cfg, cfg)
     if diffs["training"]:
         raise ValueError(f"{run_dir} was trained with another config; it needs a new run: " + "; ".join(diffs["training"]))
+    weights = _final_weights(trained_cfg, cfg, run_dir)
     metrics = evaluate_checkpoint(cfg, weights, os.path.join(run_dir, "reevaluate"))
     metrics = {k: v for k, v in metrics.items() if k.startswith(("bbox/", "box_proposals/"))}
     kept = {k: v for k, v in summary.items() if k != "path"}  # load_summary's note of where it was read
     return {**kept, "metrics": metrics, "config_sha256": results.config_sha256(cfg),
             "reevaluated": {"previous_config_sha256": summary["config_sha256"], "git_commit": git_commit,
                             "changed": diffs["evaluation"]}}
+
+
+def _final_weights(trained_cfg, cfg, run_dir: str) -> str:
+    """The weights file that ``cfg`` makes of the run in ``run_dir``: its model_final.pth, or, when
+    ``cfg`` adds a weight average the run was trained without, the mean of its checkpoints."""
+    import torch
+
+    from .engine.weight_average import average_of_checkpoints
+
+    old, new = trained_cfg.SOLVER.WEIGHT_AVERAGE, cfg.SOLVER.WEIGHT_AVERAGE
+    final = os.path.join(run_dir, "model_final.pth")
+    if old.ENABLED:
+        if (new.ENABLED, new.START_ITER, new.PERIOD) != (True, old.START_ITER, old.PERIOD):
+            raise ValueError(f"{final} holds the weight average of SOLVER.WEIGHT_AVERAGE {dict(old)}; the "
+                             f"last iteration's weights are not kept, so {dict(new)} needs a new run")
+        return final
+    if not new.ENABLED:
+        return final
+    state = average_of_checkpoints(run_dir, new.START_ITER, new.PERIOD, cfg.SOLVER.MAX_ITER)
+    path = os.path.join(run_dir, "reevaluate", "model_average.pth")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({"model": state}, path)
+    return path

@@ -4,6 +4,7 @@ from unittest import mock
 
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer
+from detectron2.engine import hooks as d2_hooks
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
 
@@ -12,6 +13,7 @@ from ..modeling.channels_last import to_channels_last
 from ..modeling.image_threads import split_images
 from .autocast import amp_trainer
 from .checkpoint import CheckedCheckpointer
+from .weight_average import WeightAverage
 
 _d2_create_ddp_model = d2_defaults.create_ddp_model
 
@@ -27,8 +29,9 @@ def create_ddp_model(model, **kwargs):
 class Trainer(DefaultTrainer):
     """DefaultTrainer that checks its datasets up front, evaluates with COCOEvaluator, trains
     with bfloat16 autocast on a CPU when SOLVER.AMP.ENABLED (Detectron2's AMPTrainer on CUDA), and
-    builds channels_last models when MODEL.CHANNELS_LAST and splits per-image work over
-    MODEL.IMAGE_THREADS threads."""
+    builds channels_last models when MODEL.CHANNELS_LAST, splits per-image work over
+    MODEL.IMAGE_THREADS threads, and averages the weights of the schedule's tail when
+    SOLVER.WEIGHT_AVERAGE.ENABLED."""
 
     def __init__(self, cfg):
         for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
@@ -37,6 +40,16 @@ class Trainer(DefaultTrainer):
                 mock.patch.object(d2_defaults, "AMPTrainer", amp_trainer), \
                 mock.patch.object(d2_defaults, "DetectionCheckpointer", CheckedCheckpointer):
             super().__init__(cfg)
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        wa = self.cfg.SOLVER.WEIGHT_AVERAGE
+        if wa.ENABLED:
+            avg = WeightAverage(wa.START_ITER, wa.PERIOD, self.cfg.SOLVER.MAX_ITER, self.cfg.OUTPUT_DIR)
+            # before the checkpointer: the final checkpoint (and the final evaluation) get the mean
+            at = next((i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.PeriodicCheckpointer)), len(hooks))
+            hooks.insert(at, avg)
+        return hooks
 
     @classmethod
     def build_model(cls, cfg):
