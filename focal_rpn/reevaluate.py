@@ -54,12 +54,13 @@ def _as_lists(value):
 def config_differences(trained_cfg, cfg) -> Dict[str, List[str]]:
     """The keys whose values differ between the config a run was trained with and ``cfg``, as
     "KEY: old -> new" lines, split into {"evaluation": [...], "training": [...]}."""
-    from .results import RESULT_NEUTRAL_KEYS
+    from .results import _comparable
 
-    old, new = flatten_config(trained_cfg), flatten_config(cfg)
+    # compared as config_sha256 compares them (where a run is written, result-neutral keys and
+    # switched-off features left out)
+    old, new = flatten_config(_comparable(trained_cfg)), flatten_config(_comparable(cfg))
     for flat in (old, new):
-        for key in ("OUTPUT_DIR",) + RESULT_NEUTRAL_KEYS:  # left out as in config_sha256
-            flat.pop(key, None)
+        flat.pop("OUTPUT_DIR", None)
     diffs: Dict[str, List[str]] = {"evaluation": [], "training": []}
     for key in sorted(set(old) | set(new)):
         if old.get(key, "<absent>") != new.get(key, "<absent>"):

@@ -32,20 +32,35 @@ PROPOSAL_METRICS = ["box_proposals/AR@100", "box_proposals/AR@1000"]
 # before the key existed, stay current.
 RESULT_NEUTRAL_KEYS = ("MODEL.IMAGE_THREADS",)
 
+# Config nodes of features added after runs were made, left out of the hash while their ENABLED is
+# False: a switched-off feature is the run as it was before the keys existed, so it stays current.
+SWITCHED_OFF_NODES = ("SOLVER.WEIGHT_AVERAGE",)
+
 
 def _comparable(cfg):
-    """A copy of ``cfg`` with OUTPUT_DIR blanked (where a run is written is not what it is) and
-    :data:`RESULT_NEUTRAL_KEYS` removed."""
+    """A copy of ``cfg`` with OUTPUT_DIR blanked (where a run is written is not what it is),
+    :data:`RESULT_NEUTRAL_KEYS` removed and :data:`SWITCHED_OFF_NODES` removed while off."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.OUTPUT_DIR = ""
     for key in RESULT_NEUTRAL_KEYS:
+        _pop(cfg, key)
+    for key in SWITCHED_OFF_NODES:
         *path, leaf = key.split(".")
         node = cfg
         for name in path:
             node = node.get(name, {})
-        node.pop(leaf, None)
+        if not node.get(leaf, {}).get("ENABLED", False):
+            _pop(cfg, key)
     return cfg
+
+
+def _pop(cfg, key: str) -> None:
+    *path, leaf = key.split(".")
+    node = cfg
+    for name in path:
+        node = node.get(name, {})
+    node.pop(leaf, None)
 
 
 def config_sha256(cfg) -> str:

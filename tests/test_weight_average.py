@@ -125,7 +125,9 @@ def test_reevaluate_takes_the_mean_of_a_run_trained_without_it(runs):
     root, make_cfg = runs
     off = make_cfg("configs/synthetic/retinanet.yaml", *RUN)
     on = make_cfg("configs/synthetic/retinanet.yaml", *RUN, "SOLVER.WEIGHT_AVERAGE.ENABLED", "True")
-    assert config_differences(off, on) == {"evaluation": ["SOLVER.WEIGHT_AVERAGE.ENABLED: False -> True"], "training": []}
+    assert config_differences(off, on) == {"training": [], "evaluation": [  # off: as if the keys did not exist
+        "SOLVER.WEIGHT_AVERAGE.ENABLED: '<absent>' -> True", "SOLVER.WEIGHT_AVERAGE.PERIOD: '<absent>' -> 2",
+        "SOLVER.WEIGHT_AVERAGE.START_ITER: '<absent>' -> 2"]}
     path = _final_weights(off, on, str(root / "plain"))
     assert path.endswith("reevaluate/model_average.pth")
     _assert_same(_model(path), _model(root / "avg" / "model_final.pth"))  # what training with it gives
@@ -135,3 +137,17 @@ def test_reevaluate_takes_the_mean_of_a_run_trained_without_it(runs):
                      "SOLVER.WEIGHT_AVERAGE.START_ITER", "4")
     with pytest.raises(ValueError, match="last iteration's weights are not kept"):
         _final_weights(on, other, str(root / "avg"))
+
+
+def test_switched_off_the_average_leaves_the_config_hash_of_older_runs(make_cfg):
+    """Summaries made before the keys existed stay current while the average is off."""
+    from focal_rpn.results import config_sha256
+
+    off = make_cfg("configs/trees/rpn_ce.yaml")
+    before_the_keys = off.clone()
+    del before_the_keys.SOLVER["WEIGHT_AVERAGE"]
+    assert config_sha256(off) == config_sha256(before_the_keys)
+    other_schedule = make_cfg("configs/trees/rpn_ce.yaml", "SOLVER.WEIGHT_AVERAGE.START_ITER", "300")
+    assert config_sha256(other_schedule) == config_sha256(off)  # off: its schedule does not matter
+    on = make_cfg("configs/trees/rpn_ce.yaml", "SOLVER.WEIGHT_AVERAGE.ENABLED", "True")
+    assert config_sha256(on) != config_sha256(off)
