@@ -17,8 +17,9 @@ def test_snapshot_schedule():
     assert snapshot_iterations(400, 100, 650) == [400, 500, 600, 650]
     assert snapshot_iterations(650, 100, 650) == [650]
     assert snapshot_iterations(1, 2, 4) == [1, 3, 4]
+    assert snapshot_iterations(700, 100, 650) == [650]  # a shortened run of the recipe: logged, no average
     with pytest.raises(ValueError, match="SOLVER.WEIGHT_AVERAGE.START_ITER"):
-        snapshot_iterations(700, 100, 650)
+        snapshot_iterations(0, 100, 650)
     with pytest.raises(ValueError, match="SOLVER.WEIGHT_AVERAGE.PERIOD"):
         snapshot_iterations(400, 0, 650)
 
@@ -123,7 +124,7 @@ def test_reevaluate_takes_the_mean_of_a_run_trained_without_it(runs):
     from focal_rpn.reevaluate import _final_weights, config_differences
 
     root, make_cfg = runs
-    off = make_cfg("configs/synthetic/retinanet.yaml", *RUN)
+    off = make_cfg("configs/synthetic/retinanet.yaml", *RUN, "SOLVER.WEIGHT_AVERAGE.ENABLED", "False")
     on = make_cfg("configs/synthetic/retinanet.yaml", *RUN, "SOLVER.WEIGHT_AVERAGE.ENABLED", "True")
     assert config_differences(off, on) == {"training": [], "evaluation": [  # off: as if the keys did not exist
         "SOLVER.WEIGHT_AVERAGE.ENABLED: '<absent>' -> True", "SOLVER.WEIGHT_AVERAGE.PERIOD: '<absent>' -> 2",
@@ -143,11 +144,12 @@ def test_switched_off_the_average_leaves_the_config_hash_of_older_runs(make_cfg)
     """Summaries made before the keys existed stay current while the average is off."""
     from focal_rpn.results import config_sha256
 
-    off = make_cfg("configs/trees/rpn_ce.yaml")
+    off = make_cfg("configs/trees/rpn_ce.yaml", "SOLVER.WEIGHT_AVERAGE.ENABLED", "False")
     before_the_keys = off.clone()
     del before_the_keys.SOLVER["WEIGHT_AVERAGE"]
     assert config_sha256(off) == config_sha256(before_the_keys)
-    other_schedule = make_cfg("configs/trees/rpn_ce.yaml", "SOLVER.WEIGHT_AVERAGE.START_ITER", "300")
+    other_schedule = make_cfg("configs/trees/rpn_ce.yaml", "SOLVER.WEIGHT_AVERAGE.ENABLED", "False",
+                              "SOLVER.WEIGHT_AVERAGE.START_ITER", "300")
     assert config_sha256(other_schedule) == config_sha256(off)  # off: its schedule does not matter
     on = make_cfg("configs/trees/rpn_ce.yaml", "SOLVER.WEIGHT_AVERAGE.ENABLED", "True")
     assert config_sha256(on) != config_sha256(off)
