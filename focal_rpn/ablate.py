@@ -13,8 +13,9 @@ Each run is an ordinary ``train_net.py`` training + evaluation in its own OUTPUT
 finished run leaves its summary in ``RESULTS/DATASET/SUITE/VARIANT/seedK.json`` (see
 :mod:`focal_rpn.results`; commit these): a variant/seed whose summary exists and is current is
 skipped, so a suite continues across machines and days; a stale one (its config changed) is run
-again, unless only evaluation settings changed: ``--reevaluate`` then evaluates the run's final
-checkpoint under today's config instead (:mod:`focal_rpn.reevaluate`). The report (``results.md``, ``.csv``, ``.png`` beside the summaries) gives mean ± 95% CI per
+again, unless only evaluation settings or the weight average changed: ``--reevaluate`` then
+evaluates the run's final checkpoint (or the mean of its checkpoints) under today's config instead
+(:mod:`focal_rpn.reevaluate`). The report (``results.md``, ``.csv``, ``.png`` beside the summaries) gives mean ± 95% CI per
 variant and the paired difference to the suite's reference variant with a verdict.
 """
 import argparse
@@ -183,7 +184,7 @@ def parse_args(argv=None):
     ap.add_argument("--report", action="store_true", help="train nothing: tabulate the suite's summaries")
     ap.add_argument("--reevaluate", action="store_true",
                     help="train nothing: re-evaluate the stale runs whose config changed only in evaluation "
-                         "settings (their folders under --out needed), then report")
+                         "settings or weight averaging (their folders under --out needed), then report")
     ap.add_argument("--status", action="store_true",
                     help="train nothing: how many runs are done, running, pending, failed (with their logs)")
     ap.add_argument("--launcher", default="local", choices=["local", "submitit"],

@@ -106,7 +106,8 @@ def reevaluate_run(summary: dict, cfg, run_dir: str, git_commit: str) -> dict:
     kept = {k: v for k, v in summary.items() if k != "path"}  # load_summary's note of where it was read
     return {**kept, "metrics": metrics, "config_sha256": results.config_sha256(cfg),
             "reevaluated": {"previous_config_sha256": summary["config_sha256"], "git_commit": git_commit,
-                            "changed": diffs["evaluation"]}}
+                            "changed": diffs["evaluation"],
+                            **({"earlier": summary["reevaluated"]} if "reevaluated" in summary else {})}}
 
 
 def _final_weights(trained_cfg, cfg, run_dir: str) -> str:
