@@ -40,16 +40,18 @@ def snapshot_iterations(start_iter: int, period: int, max_iter: int) -> List[int
 def accumulate(total: Optional[Dict[str, torch.Tensor]], state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """``total`` + ``state`` for floating tensors (float32 sums; the first call copies), the newest
     value for integer buffers (BatchNorm's num_batches_tracked). One function for the training hook
-    and for rebuilding from checkpoints, so both give the same bits."""
+    and for rebuilding from checkpoints, so both give the same bits. The sums live on the CPU: off
+    the GPU's memory, and a resumed checkpoint (loaded to the CPU) adds to them as they were."""
+    state = {k: v.detach().cpu() for k, v in state.items()}
     if total is None:
-        return {k: (v.detach().float().clone() if v.is_floating_point() else v.detach().clone()) for k, v in state.items()}
+        return {k: (v.float().clone() if v.is_floating_point() else v.clone()) for k, v in state.items()}
     if total.keys() != state.keys():
         raise KeyError(f"weight average: the snapshot's keys differ from the running sum's: {sorted(total.keys() ^ state.keys())[:10]}")
     for k, v in state.items():
         if v.is_floating_point():
-            total[k] += v.detach().float()
+            total[k] += v.float()
         else:
-            total[k] = v.detach().clone()
+            total[k] = v.clone()
     return total
 
 
