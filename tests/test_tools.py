@@ -234,3 +234,23 @@ def test_config_differences_split_evaluation_from_training():
     assert diffs["evaluation"] == ["MODEL.RPN.POST_NMS_TOPK_TEST: 3000 -> 100"]
     assert diffs["training"] == ["MODEL.RPN.POST_NMS_TOPK_TRAIN: 500 -> 100", "TEST.PRECISE_BN.ENABLED: False -> True"]
     assert EVAL_ONLY_KEYS <= set(flatten_config(a))  # every listed key exists in the config
+
+
+@pytest.mark.parametrize("suite", ["rpn", "retinanet"])
+def test_committed_study_reports_rebuild_from_their_summaries(suite, tmp_path):
+    """The committed results.md of each trees suite is what --report makes of the committed
+    summaries today: a config change that silently makes them stale (a new key's default in the
+    hash) or a report change shows up here, not in a README that no longer matches its data."""
+    from conftest import ROOT
+
+    src = os.path.join(ROOT, "results", "trees", suite)
+    if not os.path.isfile(os.path.join(src, "results.md")):
+        pytest.skip(f"no committed {suite} report")
+    shutil.copytree(src, tmp_path / "trees" / suite)
+    (tmp_path / "trees" / suite / "results.md").unlink()
+    ablate.main(["--suite", suite, "--dataset", "trees", "--report", "--results", str(tmp_path)])
+    with open(os.path.join(src, "results.md")) as f:
+        committed = f.read()
+    assert (tmp_path / "trees" / suite / "results.md").read_text() == committed
+    with open(os.path.join(ROOT, "README.md")) as f:  # pasted there, not typed (its title line aside)
+        assert committed.split("\n", 2)[2].strip() in f.read()
