@@ -43,24 +43,15 @@ def _comparable(cfg):
     cfg = cfg.clone()
     cfg.defrost()
     cfg.OUTPUT_DIR = ""
-    for key in RESULT_NEUTRAL_KEYS:
-        _pop(cfg, key)
-    for key in SWITCHED_OFF_NODES:
+    for key in RESULT_NEUTRAL_KEYS + SWITCHED_OFF_NODES:
         *path, leaf = key.split(".")
-        node = cfg
+        parent = cfg
         for name in path:
-            node = node.get(name, {})
-        if not node.get(leaf, {}).get("ENABLED", False):
-            _pop(cfg, key)
+            parent = parent.get(name, {})
+        value = parent.get(leaf)
+        if key in RESULT_NEUTRAL_KEYS or (value is not None and not value.get("ENABLED", False)):
+            parent.pop(leaf, None)
     return cfg
-
-
-def _pop(cfg, key: str) -> None:
-    *path, leaf = key.split(".")
-    node = cfg
-    for name in path:
-        node = node.get(name, {})
-    node.pop(leaf, None)
 
 
 def config_sha256(cfg) -> str:

@@ -94,8 +94,8 @@ class WeightAverage(HookBase):
 
     Registered before PeriodicCheckpointer, so the final checkpoint holds the mean; its state goes
     into every checkpoint with the trainer's (Detectron2 saves stateful hooks), so ``--resume``
-    continues the sum. A checkpoint without that state (a run
-    started without the average) is completed from the run's own periodic checkpoints.
+    continues the sum. A checkpoint without that state (a run started without the average) is
+    completed from the run's own periodic checkpoints.
     """
 
     def __init__(self, start_iter: int, period: int, max_iter: int, output_dir: str):
