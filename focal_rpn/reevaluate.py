@@ -54,11 +54,11 @@ def _as_lists(value):
 def config_differences(trained_cfg, cfg) -> Dict[str, List[str]]:
     """The keys whose values differ between the config a run was trained with and ``cfg``, as
     "KEY: old -> new" lines, split into {"evaluation": [...], "training": [...]}."""
-    from .results import _comparable
+    from .results import comparable_config
 
     # compared as config_sha256 compares them (where a run is written, result-neutral keys and
     # switched-off features left out)
-    old, new = flatten_config(_comparable(trained_cfg)), flatten_config(_comparable(cfg))
+    old, new = flatten_config(comparable_config(trained_cfg)), flatten_config(comparable_config(cfg))
     for flat in (old, new):
         flat.pop("OUTPUT_DIR", None)
     diffs: Dict[str, List[str]] = {"evaluation": [], "training": []}

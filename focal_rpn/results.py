@@ -37,7 +37,7 @@ RESULT_NEUTRAL_KEYS = ("MODEL.IMAGE_THREADS",)
 SWITCHED_OFF_NODES = ("SOLVER.WEIGHT_AVERAGE",)
 
 
-def _comparable(cfg):
+def comparable_config(cfg):
     """A copy of ``cfg`` with OUTPUT_DIR blanked (where a run is written is not what it is),
     :data:`RESULT_NEUTRAL_KEYS` removed and :data:`SWITCHED_OFF_NODES` removed while off."""
     cfg = cfg.clone()
@@ -55,15 +55,15 @@ def _comparable(cfg):
 
 
 def config_sha256(cfg) -> str:
-    """SHA-256 of the dump of :func:`_comparable` ``(cfg)``."""
-    return hashlib.sha256(_comparable(cfg).dump().encode()).hexdigest()
+    """SHA-256 of the dump of :func:`comparable_config` ``(cfg)``."""
+    return hashlib.sha256(comparable_config(cfg).dump().encode()).hexdigest()
 
 
 def same_training(a, b) -> bool:
     """Whether configs ``a`` and ``b`` train the same run (OUTPUT_DIR and RESULT_NEUTRAL_KEYS
     aside), compared as data: a config read back from a run's config.yaml dumps shared lists
     without the YAML anchors of the config it was written from, so their hashes can differ."""
-    return yaml.safe_load(_comparable(a).dump()) == yaml.safe_load(_comparable(b).dump())
+    return yaml.safe_load(comparable_config(a).dump()) == yaml.safe_load(comparable_config(b).dump())
 
 
 def git_commit(root: str) -> str:
@@ -145,6 +145,11 @@ def read_summaries(results_dir: str, dataset: str, suite: str, variants: List[st
     return current, stale
 
 
+def _short(metric: str) -> str:
+    """"bbox/AP50" -> "AP50"."""
+    return metric.split("/", 1)[1]
+
+
 def _fmt(iv: Interval, digits: int = 2) -> str:
     if iv.n == 0:
         return "-"
@@ -159,7 +164,7 @@ def tabulate(summaries: List[dict], variants: List[str], reference: str, title: 
     difference to ``reference`` over the seeds both have, with its CI and a verdict."""
     present = [v for v in variants if any(s["variant"] == v for s in summaries)]
     metrics = [m for m in METRICS + PROPOSAL_METRICS if any(m in s["metrics"] for s in summaries)]
-    short = [m.split("/", 1)[1] for m in metrics]
+    short = [_short(m) for m in metrics]
     by = {v: {s["seed"]: s for s in summaries if s["variant"] == v} for v in present}
     lines = [f"### {title}", "",
              "Mean ± half-width of the 95% confidence interval of the mean (Student t, n - 1 "
@@ -198,7 +203,6 @@ def reading(diffs: Dict[str, Dict[str, Interval]], reference: str, headline: str
     comparisons resolved, how many would resolve by chance alone (each comparison of two equal
     variants resolves with probability 1 - ``confidence``), and, for the ``headline`` metric,
     the half-width inside which each unresolved difference lies."""
-    short = lambda m: m.split("/", 1)[1]  # noqa: E731
     tested = [(v, m, d) for v, row in diffs.items() for m, d in row.items() if d.n >= 2]
     resolved = [(v, m, d) for v, m, d in tested if verdict(d) != "not resolved"]
     lines = [f"Reading (generated): {len(resolved)} of {len(tested)} paired comparisons with at least 2 "
@@ -206,16 +210,16 @@ def reading(diffs: Dict[str, Dict[str, Interval]], reference: str, headline: str
              f"{(1 - confidence) * len(tested):.1f} would resolve by chance, so a lone resolved "
              "comparison, above all one of 2 pairs, is a lead rather than a finding."]
     for v, m, d in resolved:
-        lines.append(f"- resolved: `{v}` {verdict(d)} than `{reference}` on {short(m)}, "
+        lines.append(f"- resolved: `{v}` {verdict(d)} than `{reference}` on {_short(m)}, "
                      f"{d.mean:+.2f} ± {d.half_width:.2f} ({d.n} pairs)")
     for v, row in diffs.items():
         d = row.get(headline)
         if d is None or verdict(d) != "not resolved":
             continue
         if d.n < 2:
-            lines.append(f"- not resolved: `{v}` on {short(headline)}, {d.n} pair(s): no interval yet")
+            lines.append(f"- not resolved: `{v}` on {_short(headline)}, {d.n} pair(s): no interval yet")
         else:
-            lines.append(f"- not resolved: `{v}` on {short(headline)}, {d.mean:+.2f}, within "
+            lines.append(f"- not resolved: `{v}` on {_short(headline)}, {d.mean:+.2f}, within "
                          f"±{d.half_width:.2f} ({d.n} pairs)")
     return lines
 

@@ -10,15 +10,17 @@ sys.path.insert(0, ROOT)
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def load_repo_config(path="configs/synthetic/retinanet.yaml", *opts):
+    """A frozen-free CfgNode of ``path`` (relative to the repo) with ``opts``."""
+    from focal_rpn.config import load_config
+
+    return load_config(os.path.join(ROOT, path), opts, freeze=False)
+
+
 @pytest.fixture
 def make_cfg():
     """Returns f(config path relative to the repo, *opts) -> a frozen-free CfgNode."""
-    from focal_rpn.config import load_config
-
-    def make(path="configs/synthetic/retinanet.yaml", *opts):
-        return load_config(os.path.join(ROOT, path), opts, freeze=False)
-
-    return make
+    return load_repo_config
 
 
 def run_train_net(*args, check=True, timeout=600):

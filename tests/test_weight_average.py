@@ -1,6 +1,5 @@
 """SOLVER.WEIGHT_AVERAGE: the schedule, the mean against a float64 reference built from a run
 trained without it, resume, and rebuilding the mean of an old run from its checkpoints."""
-import os
 import shutil
 
 import pytest
@@ -50,17 +49,12 @@ def _assert_same(a, b):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two trainings of the same config and seed, without and with the weight average."""
-    from conftest import ROOT
-
-    from focal_rpn.config import load_config
-
-    def make_cfg(path, *opts):
-        return load_config(os.path.join(ROOT, path), opts, freeze=False)
+    from conftest import load_repo_config
 
     root = tmp_path_factory.mktemp("wa")
-    _train(make_cfg, root / "plain", False)
-    _train(make_cfg, root / "avg", True)
-    return root, make_cfg
+    _train(load_repo_config, root / "plain", False)
+    _train(load_repo_config, root / "avg", True)
+    return root, load_repo_config
 
 
 def test_final_weights_are_the_mean_of_the_snapshots(runs):
