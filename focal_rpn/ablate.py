@@ -12,7 +12,9 @@ Each run is an ordinary ``train_net.py`` training + evaluation in its own OUTPUT
 (``OUT/SUITE-DATASET/VARIANT/seedK``; an interrupted run resumes from its last checkpoint). A
 finished run leaves its summary in ``RESULTS/DATASET/SUITE/VARIANT/seedK.json`` (see
 :mod:`focal_rpn.results`; commit these): a variant/seed whose summary exists and is current is
-skipped, so a suite continues across machines and days; a stale one (its config changed) is run
+skipped, so a suite continues across machines and days; a run identical to one kept under another
+suite or variant (same config hash and seed) takes that summary, marked ``same_run_as``, instead of
+training again; a stale one (its config changed) is run
 again, unless only evaluation settings or the weight average changed: ``--reevaluate`` then
 evaluates the run's final checkpoint (or the mean of its checkpoints) under today's config instead
 (:mod:`focal_rpn.reevaluate`). The report (``results.md``, ``.csv``, ``.png`` beside the summaries) gives mean ± 95% CI per
@@ -215,6 +217,21 @@ def parse_args(argv=None):
     return args, all_variants, variants
 
 
+def adopt_identical_runs(jobs, args) -> None:
+    """Writes, for each job without a current summary, the summary of an identical run (same config
+    hash and seed) already kept under another suite or variant of the dataset, marked
+    ``same_run_as``: training it again would repeat that run."""
+    for v, seed, path, expected in jobs:
+        if results.summary_state(path, expected) == "current":
+            continue
+        twin = results.find_same_run(args.results, args.dataset, seed, expected, path)
+        if twin is None:
+            continue
+        source = os.path.relpath(twin.pop("path"), os.path.join(args.results, args.dataset))
+        results.write_summary(path, {**twin, "variant": v.name, "same_run_as": source})
+        print(f"{v.name} seed {seed}: the same config and seed as {source}; its summary copied, not trained again")
+
+
 def run_local(jobs, args):
     """Runs the jobs one after another in this shell (``--launcher local``)."""
     durations = []
@@ -275,6 +292,8 @@ def main(argv=None):
         reevaluate_stale(jobs, args)
         report(all_variants, args.suite, args.dataset, args.results, args.opts)
         return
+    if not args.status:
+        adopt_identical_runs(jobs, args)
     if args.launcher == "local" and not args.status:
         run_local(jobs, args)
         report(all_variants, args.suite, args.dataset, args.results, args.opts)

@@ -116,6 +116,27 @@ def summary_state(path: str, expected_sha256: str) -> Optional[str]:
     return "current" if load_summary(path)["config_sha256"] == expected_sha256 else "stale"
 
 
+def find_same_run(results_dir: str, dataset: str, seed: int, sha256: str, path: str) -> Optional[dict]:
+    """A summary under ``results_dir/dataset`` other than ``path`` (another suite or variant) of a run
+    whose config hashes to ``sha256``, with the same seed: the same training and evaluation, so its
+    result stands for the run at ``path`` (e.g. the ``rpn_lambda`` suite's ``lambda_1`` is the ``rpn``
+    suite's ``rpn_fl_sigmoid``). None when there is none; files that are not summaries are passed
+    over (their own suite's report names them)."""
+    root = os.path.join(results_dir, dataset)
+    for suite in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        for variant in sorted(os.listdir(os.path.join(root, suite))) if os.path.isdir(os.path.join(root, suite)) else []:
+            other = os.path.join(root, suite, variant, f"seed{seed}.json")
+            if not os.path.isfile(other) or os.path.abspath(other) == os.path.abspath(path):
+                continue
+            try:
+                s = load_summary(other)
+            except ValueError:
+                continue
+            if s["config_sha256"] == sha256 and int(s["seed"]) == seed:
+                return s
+    return None
+
+
 def load_summary(path: str) -> dict:
     """A summary file; anything else is an error naming the file."""
     try:

@@ -254,3 +254,31 @@ def test_committed_study_reports_rebuild_from_their_summaries(suite, tmp_path):
     assert (tmp_path / "trees" / suite / "results.md").read_text() == committed
     with open(os.path.join(ROOT, "README.md")) as f:  # pasted there, not typed (its title line aside)
         assert committed.split("\n", 2)[2].strip() in f.read()
+
+
+def test_an_identical_run_of_another_suite_is_not_trained_again(tmp_path, capsys, monkeypatch):
+    """rpn_lambda's lambda_1 builds the same config as rpn's rpn_fl_sigmoid: its summary is copied."""
+    res = tmp_path / "results"
+    common = ["--dataset", "synthetic", "--out", str(tmp_path / "runs"), "--results", str(res)]
+    lam1 = next(v for v in ablate.suite_variants("rpn_lambda", "synthetic") if v.name == "lambda_1")
+    sigmoid = next(v for v in ablate.suite_variants("rpn", "synthetic") if v.name == "rpn_fl_sigmoid")
+    sha = ablate.results.config_sha256(ablate.run_config(lam1, 0, FAST))
+    assert sha == ablate.results.config_sha256(ablate.run_config(sigmoid, 0, FAST))
+    assert sha != ablate.results.config_sha256(ablate.run_config(sigmoid, 1, FAST))  # the seed is in it
+    kept = {"variant": "rpn_fl_sigmoid", "seed": 0, "iterations": 2, "s_per_iter": 0.1, "peak_rss_mb": 300.0,
+            "wall_s": 5.0, "config_sha256": sha, "git_commit": "abc", "metrics": {"bbox/AP50": 12.5, "bbox/AP": 3.0}}
+    ablate.results.write_summary(str(res / "synthetic" / "rpn" / "rpn_fl_sigmoid" / "seed0.json"), kept)
+    trained = []
+    monkeypatch.setattr(ablate, "run_one", lambda v, seed, *a: trained.append((v.name, seed)) or dict(
+        kept, variant=v.name, seed=seed, config_sha256=ablate.results.config_sha256(ablate.run_config(v, seed, FAST)),
+        metrics={"bbox/AP50": 1.0, "bbox/AP": 0.1}))
+    ablate.main(["--suite", "rpn_lambda", "--variants", "lambda_1", "lambda_3", "--seeds", "2", *common, "--opts", *FAST])
+    assert sorted(trained) == [("lambda_1", 1), ("lambda_3", 0), ("lambda_3", 1)]
+    copied = json.loads((res / "synthetic" / "rpn_lambda" / "lambda_1" / "seed0.json").read_text())
+    assert copied["same_run_as"] == os.path.join("rpn", "rpn_fl_sigmoid", "seed0.json")
+    assert copied["variant"] == "lambda_1" and copied["metrics"] == kept["metrics"] and copied["config_sha256"] == sha
+    assert "lambda_1 seed 0: the same config and seed as rpn/rpn_fl_sigmoid/seed0.json" in capsys.readouterr().out
+    # once copied it is an ordinary current summary: a second call trains nothing
+    trained.clear()
+    ablate.main(["--suite", "rpn_lambda", "--variants", "lambda_1", "lambda_3", "--seeds", "2", *common, "--opts", *FAST])
+    assert trained == []
