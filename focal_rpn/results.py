@@ -11,6 +11,7 @@ One finished run leaves ``RESULTS/<dataset>/<suite>/<variant>/seed<K>.json``::
 today is *stale*, reported and left out.
 """
 import csv
+import glob
 import hashlib
 import json
 import math
@@ -122,18 +123,15 @@ def find_same_run(results_dir: str, dataset: str, seed: int, sha256: str, path: 
     result stands for the run at ``path`` (e.g. the ``rpn_lambda`` suite's ``lambda_1`` is the ``rpn``
     suite's ``rpn_fl_sigmoid``). None when there is none; files that are not summaries are passed
     over (their own suite's report names them)."""
-    root = os.path.join(results_dir, dataset)
-    for suite in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        for variant in sorted(os.listdir(os.path.join(root, suite))) if os.path.isdir(os.path.join(root, suite)) else []:
-            other = os.path.join(root, suite, variant, f"seed{seed}.json")
-            if not os.path.isfile(other) or os.path.abspath(other) == os.path.abspath(path):
-                continue
-            try:
-                s = load_summary(other)
-            except ValueError:
-                continue
-            if s["config_sha256"] == sha256 and int(s["seed"]) == seed:
-                return s
+    for other in sorted(glob.glob(os.path.join(results_dir, dataset, "*", "*", f"seed{seed}.json"))):
+        if os.path.abspath(other) == os.path.abspath(path):
+            continue
+        try:
+            s = load_summary(other)
+        except ValueError:
+            continue
+        if s["config_sha256"] == sha256:  # the seed is part of the config, so of the hash
+            return s
     return None
 
 
