@@ -59,8 +59,6 @@ def config_differences(trained_cfg, cfg) -> Dict[str, List[str]]:
     # compared as config_sha256 compares them (where a run is written, result-neutral keys and
     # switched-off features left out)
     old, new = flatten_config(comparable_config(trained_cfg)), flatten_config(comparable_config(cfg))
-    for flat in (old, new):
-        flat.pop("OUTPUT_DIR", None)
     diffs: Dict[str, List[str]] = {"evaluation": [], "training": []}
     for key in sorted(set(old) | set(new)):
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
