@@ -14,7 +14,7 @@ measured +3.4 AP50 on 17 RetinaNet runs and +1.7 on 18 Faster R-CNN runs (README
 """
 import logging
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.engine import HookBase
@@ -73,20 +73,23 @@ def _load_model_state(path: str) -> Dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=False)["model"]
 
 
-def sum_of_checkpoints(run_dir: str, done_list: List[int], max_iter: int) -> Optional[Dict[str, torch.Tensor]]:
-    """The running sum over the checkpoints in ``run_dir`` after ``done_list`` iterations, in order."""
-    total = None
+def sum_of_checkpoints(run_dir: str, done_list: List[int], max_iter: int
+                       ) -> Tuple[Optional[Dict[str, torch.Tensor]], Optional[Dict[str, torch.Tensor]]]:
+    """The running sum over the checkpoints in ``run_dir`` after ``done_list`` iterations, in order,
+    and the last checkpoint's state (its dtypes are the mean's: returned so no file is read twice)."""
+    total = last = None
     for done in done_list:
-        total = accumulate(total, _load_model_state(os.path.join(run_dir, checkpoint_name(done, max_iter))))
-    return total
+        last = _load_model_state(os.path.join(run_dir, checkpoint_name(done, max_iter)))
+        total = accumulate(total, last)
+    return total, last
 
 
 def average_of_checkpoints(run_dir: str, start_iter: int, period: int, max_iter: int) -> Dict[str, torch.Tensor]:
     """The averaged weights of a finished run in ``run_dir`` trained *without* the average (its
     model_final.pth holds the last iteration's weights), from its periodic checkpoints."""
     done_list = snapshot_iterations(start_iter, period, max_iter)
-    total = sum_of_checkpoints(run_dir, done_list, max_iter)
-    return mean_state(total, len(done_list), _load_model_state(os.path.join(run_dir, "model_final.pth")))
+    total, last = sum_of_checkpoints(run_dir, done_list, max_iter)
+    return mean_state(total, len(done_list), last)
 
 
 class WeightAverage(HookBase):
@@ -120,7 +123,7 @@ class WeightAverage(HookBase):
             return
         done_before = [d for d in self.done_list if d <= self.trainer.iter]  # resumed past snapshots
         if self.count != len(done_before):
-            self.total = sum_of_checkpoints(self.output_dir, done_before, self.max_iter)
+            self.total, _ = sum_of_checkpoints(self.output_dir, done_before, self.max_iter)
             self.count = len(done_before)
 
     def after_step(self):
