@@ -236,7 +236,7 @@ def test_config_differences_split_evaluation_from_training():
     assert EVAL_ONLY_KEYS <= set(flatten_config(a))  # every listed key exists in the config
 
 
-@pytest.mark.parametrize("suite", ["rpn", "retinanet"])
+@pytest.mark.parametrize("suite", ["rpn", "retinanet", "rpn_lambda"])
 def test_committed_study_reports_rebuild_from_their_summaries(suite, tmp_path):
     """The committed results.md of each trees suite is what --report makes of the committed
     summaries today: a config change that silently makes them stale (a new key's default in the
