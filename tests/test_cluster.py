@@ -31,20 +31,45 @@ def _children(pid):
     return out
 
 
-def _wait_for(predicate, what, timeout=240):
+def _tail(path, lines=12):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError as e:
+        return f"({e})\n"
+
+
+def _diagnosis(suite_dir):
+    """What a timed-out wait shows: every job's submitit logs and every run's log.txt, last lines."""
+    paths = sorted(suite_dir.glob("submitit/*_log.*")) + sorted(suite_dir.glob("*/seed*/log.txt"))
+    return "".join(f"--- {path}\n{_tail(path)}" for path in paths)
+
+
+def _wait_for(predicate, what, timeout=300, diagnose=lambda: ""):
+    """Polls ``predicate`` until it is true; on time-out the error carries ``diagnose()`` (CI keeps
+    no files, so the jobs' logs must be in the failure message)."""
     t0 = time.time()
     while not predicate():
         if time.time() - t0 > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{diagnose()}")
         time.sleep(0.2)
 
 
-def _task_after_first_checkpoint(run_dir, job_id):
-    """The training process of a local job once its run has written a checkpoint."""
-    _wait_for(lambda: os.path.isfile(os.path.join(run_dir, "last_checkpoint")), f"a checkpoint in {run_dir}")
-    tasks = _children(int(job_id))
-    assert len(tasks) == 1, tasks
-    return tasks[0]
+def _stop_after_first_checkpoint(suite_dir, actions):
+    """``actions``: {run dir: (job id, stop(job pid, task pid))}. Stops each run as soon as its
+    first checkpoint exists, in whichever order they get there, so no run can finish first."""
+    pending = dict(actions)
+
+    def poll():
+        for run_dir, (job_id, stop) in list(pending.items()):
+            if os.path.isfile(os.path.join(run_dir, "last_checkpoint")):
+                tasks = _children(int(job_id))
+                assert len(tasks) == 1, (run_dir, tasks)
+                stop(int(job_id), tasks[0])
+                del pending[run_dir]
+        return not pending
+
+    _wait_for(poll, f"checkpoints in {sorted(map(str, actions))}", diagnose=lambda: _diagnosis(suite_dir))
 
 
 def _metrics(path):
@@ -70,18 +95,28 @@ def test_submitit_suite_preempted_killed_resumed_and_reported(tmp_path, capsys):
     assert len({r["job_id"] for r in ledger.values()}) == 4  # one process per run
 
     # ce seed 0 is preempted (SLURM's USR2): submitit checkpoints and requeues it, and it resumes.
-    preempted = suite_dir / "ce" / "seed0"
-    os.kill(_task_after_first_checkpoint(preempted, ledger["ce/seed0"]["job_id"]), signal.SIGUSR2)
     # gamma_2 seed 1 is killed outright: its job fails and nothing requeues it.
-    killed = suite_dir / "gamma_2" / "seed1"
+    preempted, killed = suite_dir / "ce" / "seed0", suite_dir / "gamma_2" / "seed1"
     job = int(ledger["gamma_2/seed1"]["job_id"])
-    task = _task_after_first_checkpoint(killed, job)
-    os.kill(job, signal.SIGKILL)
-    os.kill(task, signal.SIGKILL)
+
+    def kill(job_id, task):
+        os.kill(job_id, signal.SIGKILL)
+        os.kill(task, signal.SIGKILL)
+
+    _stop_after_first_checkpoint(suite_dir, {
+        preempted: (ledger["ce/seed0"]["job_id"], lambda job_id, task: os.kill(task, signal.SIGUSR2)),
+        killed: (job, kill)})
 
     capsys.readouterr()
     args = base + ["--status", "--opts", *OPTS]
-    _wait_for(lambda: (ablate.main(args), "3 done, 1 failed" in capsys.readouterr().out)[1], "3 runs done")
+    last = [""]
+
+    def three_done():
+        ablate.main(args)
+        last[0] = capsys.readouterr().out
+        return "3 done, 1 failed" in last[0]
+
+    _wait_for(three_done, "3 runs done", diagnose=lambda: f"last --status: {last[0]}\n{_diagnosis(suite_dir)}")
     ablate.main(args)
     status = capsys.readouterr().out
     assert f"failed: gamma_2 seed 1: see {suite_dir}/submitit/{job}_0_log.err" in status
