@@ -1,0 +1,75 @@
+"""Compare run summaries from any folders, seed by seed: the study's table for configs that are
+not in a suite (a tweak of a recipe against the recipe, a GPU run against a CPU one).
+
+    python -m focal_rpn.compare results/trees/retinanet/gamma_2 results/trees/tuning/bf16_seeds/trees/retinanet/gamma_2 \
+        --names float32 bf16 [--output compare.md]
+
+Each folder holds ``seed<K>.json`` summaries (what ``focal_rpn.ablate`` writes; see
+:mod:`focal_rpn.results`) of *one* config: a folder whose summaries name different variants or
+schedules (``iterations``) is refused, naming the files, since its seeds would not be repeats. The first folder
+is the reference: every other one gets its paired difference to it over the seeds both have
+(same ``SEED`` = same initialisation and data order), with the 95% CI and a verdict, exactly as in
+``ablate --report``'s tables (:func:`focal_rpn.results.tabulate`).
+"""
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from .results import load_summary, tabulate
+
+
+def read_folder(folder: str, name: str) -> List[dict]:
+    """The ``seed<K>.json`` summaries in ``folder``, labelled ``name``. Errors name the folder or
+    files: no summaries, two files of one seed, or more than one variant or schedule."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: not a folder of run summaries")
+    runs = [load_summary(os.path.join(folder, f)) for f in sorted(os.listdir(folder))
+            if f.startswith("seed") and f.endswith(".json") and f[4:-5].isdigit()]
+    if not runs:
+        raise ValueError(f"{folder}: no seed<K>.json run summaries in it")
+    seeds = [int(r["seed"]) for r in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{folder}: more than one summary of one seed ({sorted(seeds)})")
+    # config_sha256 includes SEED, so it cannot tell repeats of one config apart from a mix; what
+    # the summaries do say is their variant and schedule.
+    for field in ("variant", "iterations"):
+        values = {str(r.get(field)) for r in runs}
+        if len(values) > 1:
+            by = {v: [os.path.basename(r["path"]) for r in runs if str(r.get(field)) == v] for v in values}
+            raise ValueError(f"{folder}: its summaries differ in {field} ("
+                             + "; ".join(f"{v}: {', '.join(files)}" for v, files in sorted(by.items()))
+                             + "); a folder must hold the seeds of one config")
+    return [{**r, "variant": name, "seed": int(r["seed"])} for r in runs]
+
+
+def compare(folders: List[str], names: Optional[List[str]] = None) -> str:
+    """Markdown: mean ± 95% CI per folder and the paired difference of each to the first."""
+    if len(folders) < 2:
+        raise ValueError("compare needs at least two folders (the first is the reference)")
+    names = names or [os.path.normpath(f) for f in folders]
+    if len(names) != len(folders) or len(set(names)) != len(names):
+        raise ValueError(f"--names needs one distinct name per folder, got {names} for {len(folders)} folders")
+    runs = [r for folder, name in zip(folders, names) for r in read_folder(folder, name)]
+    return tabulate(runs, names, names[0], f"{names[0]} against {', '.join(names[1:])}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", help="folders of seed<K>.json summaries; the first is the reference")
+    parser.add_argument("--names", nargs="+", help="a short name per folder for the table (default: the paths)")
+    parser.add_argument("--output", help="also write the markdown table here")
+    args = parser.parse_args(argv)
+    try:
+        text = compare(args.folders, args.names)
+    except ValueError as e:
+        parser.error(str(e))
+    print(text, end="")
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

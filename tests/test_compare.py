@@ -1,0 +1,63 @@
+"""`python -m focal_rpn.compare`: paired seeds across arbitrary folders of run summaries, checked
+on hand-made numbers (t quantiles from statistical tables), and its refusals of bad folders."""
+import json
+
+import pytest
+
+from focal_rpn import compare
+
+
+def _write(folder, seed, ap50, variant="gamma_2", iterations=650):
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = {"variant": variant, "seed": seed, "iterations": iterations, "s_per_iter": 0.5,
+               "peak_rss_mb": 1000.0, "config_sha256": f"sha{seed}", "git_commit": "abc",
+               "metrics": {"bbox/AP": ap50 / 4, "bbox/AP50": ap50, "bbox/AP75": 1.0}}
+    (folder / f"seed{seed}.json").write_text(json.dumps(summary))
+
+
+def test_paired_difference_over_the_common_seeds(tmp_path, capsys):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for seed, (x, y, z) in enumerate([(10, 11, 15), (20, 22, 25.1), (30, 33, 34.9)]):
+        _write(a, seed, x), _write(b, seed, y), _write(c, seed, z)
+    _write(b, 3, 99.0)  # no partner in a: in b's mean, not in the pairs
+    out = tmp_path / "cmp.md"
+    assert compare.main([str(a), str(b), str(c), "--names", "ref", "tweak", "other", "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.read_text() == text
+    # b - a = 1, 2, 3: mean 2, std 1, t(0.975, 2) = 4.3027 -> half-width 4.3027 / sqrt(3) = 2.484
+    assert "| tweak | 3 | 0.50 ± 0.62 | not resolved | 2.00 ± 2.48 | not resolved |" in text
+    # c - a = 5, 5.1, 4.9: mean 5, std 0.1 -> half-width 0.248: resolved
+    assert "| other | 3 | 1.25 ± 0.06 | better | 5.00 ± 0.25 | better |" in text
+    # b's own mean is over its 4 seeds: (11 + 22 + 33 + 99) / 4 = 41.25
+    assert "| tweak | 4 | " in text and " 41.25 ± " in text
+
+
+def test_bad_folders_are_refused_with_their_names(tmp_path):
+    good = tmp_path / "good"
+    _write(good, 0, 10.0), _write(good, 1, 12.0)
+    with pytest.raises(ValueError, match="empty: no seed<K>.json"):
+        (tmp_path / "empty").mkdir()
+        compare.compare([str(good), str(tmp_path / "empty")])
+    mixed = tmp_path / "mixed"
+    _write(mixed, 0, 10.0), _write(mixed, 1, 12.0, variant="ce")
+    with pytest.raises(ValueError, match=r"mixed: its summaries differ in variant \(ce: seed1.json; gamma_2: seed0.json\)"):
+        compare.compare([str(good), str(mixed)])
+    short = tmp_path / "short"
+    _write(short, 0, 10.0), _write(short, 1, 12.0, iterations=325)
+    with pytest.raises(ValueError, match="differ in iterations"):
+        compare.compare([str(good), str(short)])
+    with pytest.raises(ValueError, match="at least two folders"):
+        compare.compare([str(good)])
+    with pytest.raises(ValueError, match="one distinct name per folder"):
+        compare.compare([str(good), str(good)], names=["x", "x"])
+    with pytest.raises(ValueError, match="missing: not a folder"):
+        compare.compare([str(good), str(tmp_path / "missing")])
+    (good / "seed2.json").write_text("{}")
+    with pytest.raises(ValueError, match="seed2.json is not a run summary"):
+        compare.compare([str(good), str(mixed)])
+
+
+def test_the_cli_reports_a_bad_folder_as_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        compare.main([str(tmp_path), str(tmp_path / "nope")])
+    assert "no seed<K>.json run summaries" in capsys.readouterr().err
