@@ -39,6 +39,11 @@ def add_focal_rpn_config(cfg):
     # Initial object probability of every anchor (bias init of the objectness logits).
     _C.MODEL.FOCAL_RPN.PRIOR_PROB = 0.01
 
+    # Norm after each hidden conv of the RPN head ("" none, "GN", "BN", ...): read by
+    # RPN.HEAD_NAME "NormRPNHead" and "SoftmaxRPNHead". Detectron2's StandardRPNHead has no norm;
+    # from scratch a deeper plain head (RPN.CONV_DIMS [-1, -1]) trained worse on trees.
+    _C.MODEL.RPN.NORM = ""
+
     # ---- OHEM ROI heads (ROI_HEADS.NAME "OHEMROIHeads") ----
     _C.MODEL.OHEM = CN()
     # RoIs kept per image after NMS over RoIs scored by their loss.
