@@ -37,21 +37,37 @@ RESULT_NEUTRAL_KEYS = ("MODEL.IMAGE_THREADS",)
 # False: a switched-off feature is the run as it was before the keys existed, so it stays current.
 SWITCHED_OFF_NODES = ("SOLVER.WEIGHT_AVERAGE",)
 
+# Keys added after runs were made, left out of the hash while they hold the value that builds what
+# those runs built (their default): such a run is the run as it was before the key existed.
+ADDED_KEYS = {"MODEL.RPN.NORM": ""}
+
+
+def _parent(cfg, key: str):
+    """(the node holding ``key``, its last name): ``"A.B.C"`` -> (cfg.A.B, "C"); {} if absent."""
+    *path, leaf = key.split(".")
+    for name in path:
+        cfg = cfg.get(name, {})
+    return cfg, leaf
+
 
 def comparable_config(cfg):
     """A copy of ``cfg`` with OUTPUT_DIR blanked (where a run is written is not what it is),
-    :data:`RESULT_NEUTRAL_KEYS` removed and :data:`SWITCHED_OFF_NODES` removed while off."""
+    :data:`RESULT_NEUTRAL_KEYS` removed, :data:`SWITCHED_OFF_NODES` removed while off and
+    :data:`ADDED_KEYS` removed while at their default."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.OUTPUT_DIR = ""
-    for key in RESULT_NEUTRAL_KEYS + SWITCHED_OFF_NODES:
-        *path, leaf = key.split(".")
-        parent = cfg
-        for name in path:
-            parent = parent.get(name, {})
-        value = parent.get(leaf)
-        if key in RESULT_NEUTRAL_KEYS or (value is not None and not value.get("ENABLED", False)):
-            parent.pop(leaf, None)
+    for key in RESULT_NEUTRAL_KEYS:
+        parent, leaf = _parent(cfg, key)
+        parent.pop(leaf, None)
+    for key in SWITCHED_OFF_NODES:
+        parent, leaf = _parent(cfg, key)
+        if parent.get(leaf) is not None and not parent[leaf].get("ENABLED", False):
+            parent.pop(leaf)
+    for key, default in ADDED_KEYS.items():
+        parent, leaf = _parent(cfg, key)
+        if leaf in parent and parent[leaf] == default:
+            parent.pop(leaf)
     return cfg
 
 
