@@ -54,3 +54,13 @@ def test_the_new_key_at_its_default_keeps_earlier_runs_current(make_cfg):
     assert config_sha256(cfg) == today
     cfg.MODEL.RPN.NORM = "GN"
     assert config_sha256(cfg) != today
+
+
+def test_a_norm_for_a_head_without_one_is_an_error(make_cfg):
+    from focal_rpn.engine import Trainer
+
+    cfg = make_cfg(SYNTH, "MODEL.RPN.NORM", "GN")  # StandardRPNHead
+    with pytest.raises(ValueError, match="MODEL.RPN.NORM 'GN' is read by .*'StandardRPNHead' has no norm"):
+        Trainer.build_model(cfg)
+    cfg.MODEL.RPN.HEAD_NAME = "NormRPNHead"
+    assert isinstance(Trainer.build_model(cfg).proposal_generator.rpn_head.conv.norm, nn.GroupNorm)
