@@ -6,6 +6,7 @@
     python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file CFG --resume          # continue from OUTPUT_DIR/last_checkpoint
 """
+import torch.distributed
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 
@@ -20,6 +21,17 @@ def setup(args):
 
 
 def main(args):
+    results = train_or_evaluate(args)
+    if comm.get_world_size() > 1:
+        # Detectron2's launch leaves the process groups alive: gloo's threads then race the
+        # interpreter's exit and can abort a finished worker (SIGABRT, "terminate called without
+        # an active exception"; pytorch/pytorch#190489). Every rank gets here, so all destroy.
+        comm.synchronize()
+        torch.distributed.destroy_process_group()
+    return results
+
+
+def train_or_evaluate(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
