@@ -161,7 +161,10 @@ def report(variants: List[Variant], suite: str, dataset: str, results_dir: str, 
         lambda name, seed: results.config_sha256(run_config(by_name[name], seed, opts)))
     if not current:
         raise SystemExit(f"no current summary under {os.path.join(results_dir, dataset, suite)}: nothing to report"
-                         + (f" ({len(stale)} stale)" if stale else ""))
+                         + (f" ({len(stale)} stale: their config is not what the variants build today with "
+                            f"--opts {' '.join(opts) or '(none)'}; runs made with --opts are reported with the "
+                            "same --opts, e.g. the trees retinanet study: --opts SOLVER.AMP.ENABLED False)"
+                            if stale else ""))
     out_dir = os.path.join(results_dir, dataset, suite)
     md = results.write_report(current, names, REFERENCES[suite], out_dir, f"{suite} suite on {dataset}", stale)
     print(md)

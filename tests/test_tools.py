@@ -260,6 +260,16 @@ def test_committed_study_reports_rebuild_from_their_summaries(suite, tmp_path):
         assert committed.split("\n", 2)[2].strip() in f.read()
 
 
+def test_a_report_of_runs_made_with_other_opts_says_to_pass_them(tmp_path):
+    """Without the study's --opts the float32 retinanet runs are stale under today's bf16 recipe:
+    --report refuses, counts them and names the option, rather than writing an empty table."""
+    from conftest import ROOT
+
+    shutil.copytree(os.path.join(ROOT, "results", "trees", "retinanet"), tmp_path / "trees" / "retinanet")
+    with pytest.raises(SystemExit, match=r"nothing to report \(45 stale: .*--opts SOLVER.AMP.ENABLED False"):
+        ablate.main(["--suite", "retinanet", "--dataset", "trees", "--report", "--results", str(tmp_path)])
+
+
 def test_an_identical_run_of_another_suite_is_not_trained_again(tmp_path, capsys, monkeypatch):
     """rpn_lambda's lambda_1 builds the same config as rpn's rpn_fl_sigmoid: its summary is copied."""
     res = tmp_path / "results"
