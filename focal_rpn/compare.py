@@ -16,7 +16,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .results import load_summary, tabulate
+from .results import load_summary, summary_paths, tabulate
 
 
 def read_folder(folder: str, name: str) -> List[dict]:
@@ -24,8 +24,7 @@ def read_folder(folder: str, name: str) -> List[dict]:
     files: no summaries, two files of one seed, or more than one variant or schedule."""
     if not os.path.isdir(folder):
         raise ValueError(f"{folder}: not a folder of run summaries")
-    runs = [load_summary(os.path.join(folder, f)) for f in sorted(os.listdir(folder))
-            if f.startswith("seed") and f.endswith(".json") and f[4:-5].isdigit()]
+    runs = [load_summary(path) for path in summary_paths(folder)]
     if not runs:
         raise ValueError(f"{folder}: no seed<K>.json run summaries in it")
     seeds = [int(r["seed"]) for r in runs]

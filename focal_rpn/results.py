@@ -162,6 +162,12 @@ def load_summary(path: str) -> dict:
     return {**s, "path": path}
 
 
+def summary_paths(folder: str) -> List[str]:
+    """The ``seed<K>.json`` files in ``folder`` (a variant's), sorted; none if it does not exist."""
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    return [os.path.join(folder, n) for n in names if n.startswith("seed") and n.endswith(".json") and n[4:-5].isdigit()]
+
+
 def read_summaries(results_dir: str, dataset: str, suite: str, variants: List[str],
                    expected_sha: Callable[[str, int], str]):
     """(current, stale): the summaries of ``variants`` under results_dir/dataset/suite, split by
@@ -169,12 +175,8 @@ def read_summaries(results_dir: str, dataset: str, suite: str, variants: List[st
     today. A file that is not a summary is an error naming it."""
     current, stale = [], []
     for v in variants:
-        vdir = os.path.join(results_dir, dataset, suite, v)
-        names = sorted(os.listdir(vdir)) if os.path.isdir(vdir) else []
-        for name in names:
-            if not (name.startswith("seed") and name.endswith(".json") and name[4:-5].isdigit()):
-                continue
-            s = load_summary(os.path.join(vdir, name))
+        for path in summary_paths(os.path.join(results_dir, dataset, suite, v)):
+            s = load_summary(path)
             (current if s["config_sha256"] == expected_sha(v, int(s["seed"])) else stale).append(s)
     current.sort(key=lambda s: (variants.index(s["variant"]), s["seed"]))
     return current, stale
