@@ -8,6 +8,7 @@
     python benchmarks/bench_train_step.py --pair precision        # bf16 autocast, channels_last vs fp32
     python benchmarks/bench_train_step.py --pair precision --config configs/trees/rpn_ce.yaml
     python benchmarks/bench_train_step.py --pair image_threads --crop 400   # MODEL.IMAGE_THREADS 2 vs 1
+    python benchmarks/bench_train_step.py --pair recipes --crop 400   # rpn_ce.yaml's step vs retinanet.yaml's
 
 Both variants are built from the same config, seed and batch (identical weights). Training steps
 and inference calls alternate A, B, A, B in one process; the reported ratio is the median of the
@@ -30,7 +31,8 @@ import torch
 ROOT = __file__.rsplit("/benchmarks/", 1)[0]
 sys.path.insert(0, ROOT)
 
-# name -> (config overrides, name of the reference it is compared with)
+# name -> (config overrides, name of the reference it is compared with); a variant given as a
+# (config, overrides) tuple is built from its own config instead of the pair's
 PAIRS = {
     "retinanet": {
         "config": "configs/trees/retinanet.yaml",
@@ -79,7 +81,23 @@ PAIRS = {
         },
         "reference": "1 thread",
     },
+    # The two trees recipes as shipped, each in its own config: #14's wall-time bar is the
+    # RetinaNet's training (the same 650 iterations, so the step time decides)
+    "recipes": {
+        "config": "configs/trees/retinanet.yaml",
+        "variants": {
+            "retinanet.yaml": [],
+            "rpn_ce.yaml": ("configs/trees/rpn_ce.yaml", []),
+        },
+        "reference": "retinanet.yaml",
+    },
 }
+
+
+def variant_config(pair, name, opts):
+    """(config path, overrides) of variant ``name`` of ``pair``, with ``opts`` (for all) first."""
+    v = pair["variants"][name]
+    return (v[0], opts + v[1]) if isinstance(v, tuple) else (pair["config"], opts + v)
 
 
 def build(config, opts, seed=0, augmentations=()):
@@ -161,7 +179,7 @@ def main():
     from detectron2.data import transforms as T
 
     augs = [T.RandomCrop("absolute", (args.crop, args.crop))] if args.crop else []
-    built = {n: build(pair["config"], args.opts + pair["variants"][n], augmentations=augs) for n in names}
+    built = {n: build(*variant_config(pair, n, args.opts), augmentations=augs) for n in names}
     ref_state = built[names[0]][0].state_dict()
     for n in names[1:]:  # same weights wherever the shapes agree
         own = built[n][0].state_dict()
@@ -177,14 +195,15 @@ def main():
                     times[n]["train"].append(t_train)
                     times[n]["infer"].append(t_inf)
     ref = pair["reference"]
-    print(f"config {pair['config']} {' '.join(args.opts)}; torch {torch.__version__}, "
+    configs = sorted({variant_config(pair, n, [])[0] for n in names})
+    print(f"config {', '.join(configs)} {' '.join(args.opts)}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.steps} interleaved steps; peak memory: median "
           f"of {args.repeats} fresh process(es) per variant (RSS) and live tensor bytes (deterministic)")
     # fresh processes interleaved variant by variant, so that a slow drift affects all alike
     mems = {n: [] for n in names}
     for _ in range(args.repeats):
         for n in names:
-            mems[n].append(step_peak_mb(pair["config"], args.opts + pair["variants"][n], args.crop))
+            mems[n].append(step_peak_mb(*variant_config(pair, n, args.opts), args.crop))
     rss = {n: statistics.median(m[0] for m in mems[n]) for n in names}
     live = {n: statistics.median(m[1] for m in mems[n]) for n in names}
     print(f"{'variant':<20}{'train s':>9}{'train/ref':>11}{'infer s':>9}{'infer/ref':>11}"

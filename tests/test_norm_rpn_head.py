@@ -43,19 +43,6 @@ def test_gn_normalises_every_hidden_conv(make_cfg, head, logits):
     assert not torch.allclose(plain(FEATURES)[0][0], plain([10 * f for f in FEATURES])[0][0], atol=1e-4)
 
 
-def test_the_new_key_at_its_default_keeps_earlier_runs_current(make_cfg):
-    """Runs made before MODEL.RPN.NORM existed hash as today's config with NORM "" (so the
-    committed study stays current); NORM "GN" is another run."""
-    from focal_rpn.results import config_sha256
-
-    cfg = make_cfg("configs/trees/rpn_ce.yaml")
-    today = config_sha256(cfg)
-    del cfg.MODEL.RPN["NORM"]  # the config as it was before the key
-    assert config_sha256(cfg) == today
-    cfg.MODEL.RPN.NORM = "GN"
-    assert config_sha256(cfg) != today
-
-
 def test_a_norm_for_a_head_without_one_is_an_error(make_cfg):
     from focal_rpn.engine import Trainer
 
