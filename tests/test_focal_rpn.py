@@ -83,7 +83,7 @@ def test_no_sampling_every_labelled_anchor_counts(make_cfg):
 def test_labelling_keeps_all_anchors(make_cfg):
     """IoU thresholds (0.3, 0.7): anchors with IoU 1.0 / 0.5 / 0 get 1 / -1 / 0, and thousands of
     negatives all stay labelled (Detectron2's RPN would sample 256 per image)."""
-    rpn = _rpn(make_cfg, *FL_SIGMOID)
+    rpn = _rpn(make_cfg, *FL_SIGMOID, "MODEL.RPN.IOU_THRESHOLDS", "[0.3, 0.7]")  # Detectron2's (trees: 0.5)
     far = torch.tensor([[200.0 + 2 * i, 200.0, 210.0 + 2 * i, 210.0] for i in range(3000)])
     anchors = [Boxes(torch.cat([torch.tensor([[0, 0, 10, 10], [0, 0, 10, 20]], dtype=torch.float32), far]))]
     gt = Instances((400, 8000), gt_boxes=Boxes(torch.tensor([[0, 0, 10, 10.0]])))

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -236,8 +237,34 @@ def test_config_differences_split_evaluation_from_training():
     assert EVAL_ONLY_KEYS <= set(flatten_config(a))  # every listed key exists in the config
 
 
-# The retinanet suite ran in float32, before configs/trees/retinanet.yaml turned bf16 on.
-STUDY_OPTS = {"rpn": [], "retinanet": ["--opts", "SOLVER.AMP.ENABLED", "False"], "rpn_lambda": []}
+# A value other than the default for each key added after the study's runs were made
+ADDED_KEY_VALUES = {"MODEL.RPN.NORM": "GN", "MODEL.ROI_BOX_HEAD.FC_NORM": "GN",
+                    "MODEL.ROI_BOX_HEAD.CONTEXT_SCALE": 1.5, "MODEL.ROI_BOX_HEAD.IOU_TARGETS": [0.3, 0.7]}
+
+
+@pytest.mark.parametrize("key", sorted(ADDED_KEY_VALUES))
+def test_a_key_added_later_keeps_earlier_runs_current_at_its_default(key):
+    """Runs made before a key existed hash as today's config with the key at its default (so the
+    committed studies stay current); another value is another run."""
+    from conftest import load_repo_config
+    from focal_rpn.results import ADDED_KEYS, _parent, config_sha256
+
+    assert set(ADDED_KEY_VALUES) == set(ADDED_KEYS)
+    cfg = load_repo_config("configs/trees/rpn_ce.yaml")
+    today = config_sha256(cfg)
+    parent, leaf = _parent(cfg, key)
+    assert parent[leaf] == ADDED_KEYS[key]
+    del parent[leaf]  # the config as it was before the key
+    assert config_sha256(cfg) == today
+    parent[leaf] = ADDED_KEY_VALUES[key]
+    assert config_sha256(cfg) != today
+
+
+# The retinanet suite ran in float32, before configs/trees/retinanet.yaml turned bf16 on; the rpn
+# and rpn_lambda suites in float32 with the RPN's positives from IoU 0.7, before the two-stage
+# recipe's eighth round (bf16, IoU 0.5).
+_EARLIER_RPN = ["--opts", "SOLVER.AMP.ENABLED", "False", "MODEL.RPN.IOU_THRESHOLDS", "[0.3, 0.7]"]
+STUDY_OPTS = {"rpn": _EARLIER_RPN, "retinanet": ["--opts", "SOLVER.AMP.ENABLED", "False"], "rpn_lambda": _EARLIER_RPN}
 
 
 @pytest.mark.parametrize("suite", ["rpn", "retinanet", "rpn_lambda"])
@@ -260,14 +287,17 @@ def test_committed_study_reports_rebuild_from_their_summaries(suite, tmp_path):
         assert committed.split("\n", 2)[2].strip() in f.read()
 
 
-def test_a_report_of_runs_made_with_other_opts_says_to_pass_them(tmp_path):
-    """Without the study's --opts the float32 retinanet runs are stale under today's bf16 recipe:
-    --report refuses, counts them and names the option, rather than writing an empty table."""
+@pytest.mark.parametrize("suite, runs", [("retinanet", 45), ("rpn", 30)])
+def test_a_report_of_runs_made_with_other_opts_says_to_pass_them(tmp_path, suite, runs):
+    """Without the study's --opts its runs are stale under today's recipe: --report refuses,
+    counts them and names the options (with which test_committed_study_reports_rebuild_from_their_summaries
+    reports them) rather than writing an empty table."""
     from conftest import ROOT
 
-    shutil.copytree(os.path.join(ROOT, "results", "trees", "retinanet"), tmp_path / "trees" / "retinanet")
-    with pytest.raises(SystemExit, match=r"nothing to report \(45 stale: .*--opts SOLVER.AMP.ENABLED False"):
-        ablate.main(["--suite", "retinanet", "--dataset", "trees", "--report", "--results", str(tmp_path)])
+    shutil.copytree(os.path.join(ROOT, "results", "trees", suite), tmp_path / "trees" / suite)
+    opts = " ".join(STUDY_OPTS[suite][1:]).replace("[0.3, 0.7]", "'[0.3, 0.7]'")
+    with pytest.raises(SystemExit, match=rf"nothing to report \({runs} stale: .*study's: --opts {re.escape(opts)}\)"):
+        ablate.main(["--suite", suite, "--dataset", "trees", "--report", "--results", str(tmp_path)])
 
 
 def test_an_identical_run_of_another_suite_is_not_trained_again(tmp_path, capsys, monkeypatch):
