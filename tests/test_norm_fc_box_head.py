@@ -64,8 +64,8 @@ def test_a_norm_for_a_head_without_one_is_an_error(make_cfg):
 
 def test_a_model_without_a_box_head_is_not_looked_up(make_cfg):
     """RetinaNet configs have ROI_BOX_HEAD.NAME "" (no such head registered): the check skips them."""
-    from focal_rpn.modeling.norm_fc_box_head import check_fc_norm
+    from focal_rpn.modeling.norm_keys import check_norm_keys
 
     cfg = make_cfg("configs/trees/retinanet.yaml")
     assert cfg.MODEL.ROI_BOX_HEAD.NAME == "" and cfg.MODEL.ROI_BOX_HEAD.FC_NORM == ""
-    check_fc_norm(cfg)
+    check_norm_keys(cfg)

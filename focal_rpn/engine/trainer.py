@@ -11,8 +11,7 @@ from detectron2.evaluation import COCOEvaluator
 from ..data import CheckedDatasetMapper, build_train_augmentations, check_dataset, ensure_json
 from ..modeling.channels_last import to_channels_last
 from ..modeling.image_threads import split_images
-from ..modeling.norm_fc_box_head import check_fc_norm
-from ..modeling.norm_rpn_head import check_rpn_norm
+from ..modeling.norm_keys import check_norm_keys
 from .autocast import amp_trainer
 from .checkpoint import CheckedCheckpointer
 from .weight_average import WeightAverage
@@ -55,8 +54,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        check_rpn_norm(cfg)
-        check_fc_norm(cfg)
+        check_norm_keys(cfg)
         model = super().build_model(cfg)
         if cfg.MODEL.CHANNELS_LAST:
             to_channels_last(model)

@@ -42,11 +42,3 @@ class NormFCBoxHead(FastRCNNConvFCHead):
     def from_config(cls, cfg, input_shape):
         return {**super().from_config(cfg, input_shape), "fc_norm": cfg.MODEL.ROI_BOX_HEAD.FC_NORM}
 
-
-def check_fc_norm(cfg) -> None:
-    """MODEL.ROI_BOX_HEAD.FC_NORM set for a box head that has no FC norm would be ignored: an error."""
-    # a model without a box head (RetinaNet: ROI_BOX_HEAD.NAME "") is never looked up
-    if cfg.MODEL.ROI_BOX_HEAD.FC_NORM and not issubclass(ROI_BOX_HEAD_REGISTRY.get(cfg.MODEL.ROI_BOX_HEAD.NAME),
-                                                         NormFCBoxHead):
-        raise ValueError(f"MODEL.ROI_BOX_HEAD.FC_NORM {cfg.MODEL.ROI_BOX_HEAD.FC_NORM!r} is read by "
-                         f"MODEL.ROI_BOX_HEAD.NAME 'NormFCBoxHead'; {cfg.MODEL.ROI_BOX_HEAD.NAME!r} would ignore it")

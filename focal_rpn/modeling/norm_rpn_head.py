@@ -34,10 +34,3 @@ class NormRPNHead(StandardRPNHead):
         return Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1,
                       norm=get_norm(self._norm, out_channels), activation=nn.ReLU())
 
-
-def check_rpn_norm(cfg) -> None:
-    """MODEL.RPN.NORM set for an RPN head that has no norm would be ignored: an error instead."""
-    head = RPN_HEAD_REGISTRY.get(cfg.MODEL.RPN.HEAD_NAME)
-    if cfg.MODEL.RPN.NORM and not issubclass(head, NormRPNHead):
-        raise ValueError(f"MODEL.RPN.NORM {cfg.MODEL.RPN.NORM!r} is read by MODEL.RPN.HEAD_NAME 'NormRPNHead' or "
-                         f"'SoftmaxRPNHead'; {cfg.MODEL.RPN.HEAD_NAME!r} has no norm and would ignore it")
