@@ -13,7 +13,10 @@ import pytest
 from focal_rpn import ablate, cluster
 
 # 12 iterations with a checkpoint every 4: a job can be stopped after its first checkpoint.
-OPTS = ["SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "4"]
+# float32: the launchers' runs of one config are compared bit for bit below; in bf16 (the trees
+# RetinaNet recipe's default since #13) a fresh-clone CI run once saw a submitit and a local run of
+# the same config end with different metrics (cause not found; not seen in float32).
+OPTS = ["SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "4", "SOLVER.AMP.ENABLED", "False"]
 
 
 def _children(pid):

@@ -41,4 +41,3 @@ class NormFCBoxHead(FastRCNNConvFCHead):
     @classmethod
     def from_config(cls, cfg, input_shape):
         return {**super().from_config(cfg, input_shape), "fc_norm": cfg.MODEL.ROI_BOX_HEAD.FC_NORM}
-

@@ -33,4 +33,3 @@ class NormRPNHead(StandardRPNHead):
         # norm is only redundant.
         return Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1,
                       norm=get_norm(self._norm, out_channels), activation=nn.ReLU())
-
