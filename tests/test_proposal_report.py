@@ -61,8 +61,8 @@ def test_ap50_is_cocoevals(seed):
 
 
 def test_a_run_folder_end_to_end(tmp_path, make_cfg):
-    """An untrained synthetic Faster R-CNN saved as a run folder: the four readings come back,
-    proposals cover nothing above everything, and the JSON holds them."""
+    """An untrained synthetic Faster R-CNN saved as a run folder: the four readings come back as
+    percentages over the synthetic_val boxes, and the JSON holds them."""
     from detectron2.checkpoint import DetectionCheckpointer
 
     from focal_rpn.engine import Trainer
@@ -78,7 +78,9 @@ def test_a_run_folder_end_to_end(tmp_path, make_cfg):
     assert row["dataset"] == "synthetic_val" and row["ground truth"] > 0
     for key in ("AP50", "AP50 RPN only", "AP50 oracle", "covered"):
         assert 0 <= row[key] <= 100
-    assert os.path.isfile(tmp_path / "report.json")
+    import json
+
+    assert json.loads((tmp_path / "report.json").read_text()) == rows
 
 
 def test_a_folder_without_a_run_is_refused(tmp_path):
