@@ -8,6 +8,7 @@
 set -eu
 cd "$(git rev-parse --show-toplevel)"
 reps=$1; shift
+mkdir -p /tmp/ab_trainings
 for rep in $(seq 1 "$reps"); do
   for v in "$@"; do
     name=${v%%=*}; spec=${v#*=}; cfg=${spec%%:*}; extra=""
