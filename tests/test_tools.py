@@ -261,8 +261,9 @@ def test_a_key_added_later_keeps_earlier_runs_current_at_its_default(key):
 
 
 # The retinanet suite ran in float32, before configs/trees/retinanet.yaml turned bf16 on; the rpn
-# and rpn_lambda suites in float32 with the RPN's positives from IoU 0.7, before the two-stage
-# recipe's eighth round (bf16, IoU 0.5).
+# and rpn_lambda suites in float32 with the RPN's positives from IoU 0.7 and RoIs pooled without
+# context, before the two-stage recipe's eighth (bf16, IoU 0.5) and tenth rounds (context 1.5x,
+# one sample per RoIAlign bin).
 _EARLIER_RPN = ["--opts", "SOLVER.AMP.ENABLED", "False", "MODEL.RPN.IOU_THRESHOLDS", "[0.3, 0.7]",
                 "MODEL.ROI_BOX_HEAD.CONTEXT_SCALE", "1.0", "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "0"]
 STUDY_OPTS = {"rpn": _EARLIER_RPN, "retinanet": ["--opts", "SOLVER.AMP.ENABLED", "False"], "rpn_lambda": _EARLIER_RPN}
