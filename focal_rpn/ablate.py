@@ -54,12 +54,10 @@ SUITES = tuple(REFERENCES)
 # The committed trees studies were run before a later recipe change; these --opts name the configs
 # they ran (README, "The study on trees"). Only a hint in --report's message: summaries do not
 # record the --opts they were made with.
-_EARLIER_FASTER_RCNN = ("SOLVER.AMP.ENABLED False MODEL.RPN.IOU_THRESHOLDS '[0.3, 0.7]' "
-                        "MODEL.ROI_BOX_HEAD.CONTEXT_SCALE 1.0 MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO 0")
 TREES_STUDY_OPTS = {
     "retinanet": "SOLVER.AMP.ENABLED False",
-    "rpn": _EARLIER_FASTER_RCNN,
-    "rpn_lambda": _EARLIER_FASTER_RCNN,
+    "rpn": "SOLVER.AMP.ENABLED False MODEL.RPN.IOU_THRESHOLDS '[0.3, 0.7]'",
+    "rpn_lambda": "SOLVER.AMP.ENABLED False MODEL.RPN.IOU_THRESHOLDS '[0.3, 0.7]'",
 }
 
 # Extra options turning a trees config into a seconds-long run on the synthetic shapes.
