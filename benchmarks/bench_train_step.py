@@ -8,6 +8,7 @@
     python benchmarks/bench_train_step.py --pair precision        # bf16 autocast, channels_last vs fp32
     python benchmarks/bench_train_step.py --pair precision --config configs/trees/rpn_ce.yaml
     python benchmarks/bench_train_step.py --pair image_threads --crop 400   # MODEL.IMAGE_THREADS 2 vs 1
+    python benchmarks/bench_train_step.py --pair roi_align --crop 400       # MODEL.ROI_ALIGN_IMPL gather vs torchvision
     python benchmarks/bench_train_step.py --pair recipes --crop 400   # rpn_ce.yaml's step vs retinanet.yaml's
 
 Both variants are built from the same config, seed and batch (identical weights). Training steps
@@ -80,6 +81,15 @@ PAIRS = {
             "2 threads": ["MODEL.IMAGE_THREADS", "2"],
         },
         "reference": "1 thread",
+    },
+    # RoIAlign as a weighted gather (both with the config's MODEL.IMAGE_THREADS)
+    "roi_align": {
+        "config": "configs/trees/rpn_ce.yaml",
+        "variants": {
+            "torchvision": ["MODEL.ROI_ALIGN_IMPL", "torchvision"],
+            "gather": ["MODEL.ROI_ALIGN_IMPL", "gather"],
+        },
+        "reference": "torchvision",
     },
     # The two trees recipes as shipped, each in its own config: #14's wall-time bar is the
     # RetinaNet's training (the same 650 iterations, so the step time decides). Across two

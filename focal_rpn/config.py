@@ -90,6 +90,11 @@ def add_focal_rpn_config(cfg):
     # RPN's proposal selection (top-k, NMS) take a range of the batch's images each. Bitwise the
     # same results as 1; on 2 cores the trees Faster R-CNN step is faster (README, Performance).
     _C.MODEL.IMAGE_THREADS = 1
+    # RoIAlign's implementation on a CPU: "torchvision" (Detectron2's layer) or "gather" (the same
+    # sampling as a weighted gather and its sparse transpose, focal_rpn/modeling/gather_roi_align.py;
+    # the same outputs and gradients to float rounding, and a fraction of torchvision's scalar-loop
+    # time in the trees Faster R-CNN step, whose backward ran on one core). GPUs keep torchvision's.
+    _C.MODEL.ROI_ALIGN_IMPL = "torchvision"
 
     # Keep each training image decoded in memory after its first read (per loader process). A
     # few dozen trees tiles take ~40 MB and save a PNG decode per crop; COCO's 118k would not fit.

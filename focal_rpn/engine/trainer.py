@@ -10,6 +10,7 @@ from detectron2.evaluation import COCOEvaluator
 
 from ..data import CheckedDatasetMapper, build_train_augmentations, check_dataset, ensure_json
 from ..modeling.channels_last import to_channels_last
+from ..modeling.gather_roi_align import use_roi_align
 from ..modeling.image_threads import split_images
 from ..modeling.norm_keys import check_norm_keys
 from .autocast import amp_trainer
@@ -58,7 +59,8 @@ class Trainer(DefaultTrainer):
         model = super().build_model(cfg)
         if cfg.MODEL.CHANNELS_LAST:
             to_channels_last(model)
-        return split_images(model, cfg.MODEL.IMAGE_THREADS)
+        # gather levels first: split_images leaves all but torchvision's RoIAlign as they are
+        return split_images(use_roi_align(model, cfg.MODEL.ROI_ALIGN_IMPL), cfg.MODEL.IMAGE_THREADS)
 
     @classmethod
     def build_train_loader(cls, cfg):
