@@ -56,8 +56,10 @@ SUITES = tuple(REFERENCES)
 # record the --opts they were made with.
 TREES_STUDY_OPTS = {
     "retinanet": "SOLVER.AMP.ENABLED False",
-    "rpn": "SOLVER.AMP.ENABLED False MODEL.RPN.IOU_THRESHOLDS '[0.3, 0.7]'",
-    "rpn_lambda": "SOLVER.AMP.ENABLED False MODEL.RPN.IOU_THRESHOLDS '[0.3, 0.7]'",
+    "rpn": "SOLVER.AMP.ENABLED False MODEL.RPN.IOU_THRESHOLDS '[0.3, 0.7]' SOLVER.IMS_PER_BATCH 8 "
+           "MODEL.ROI_ALIGN_IMPL torchvision",
+    "rpn_lambda": "SOLVER.AMP.ENABLED False MODEL.RPN.IOU_THRESHOLDS '[0.3, 0.7]' SOLVER.IMS_PER_BATCH 8 "
+                  "MODEL.ROI_ALIGN_IMPL torchvision",
 }
 
 # Extra options turning a trees config into a seconds-long run on the synthetic shapes.
