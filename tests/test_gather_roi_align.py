@@ -126,11 +126,12 @@ def test_training_step_matches_torchvision(make_cfg):
     from test_image_threads import _step
 
     cfg = make_cfg("configs/synthetic/faster_rcnn.yaml", "MODEL.IMAGE_THREADS", "2",
-                   "MODEL.ROI_HEADS.NAME", "OHEMROIHeads")
+                   "MODEL.ROI_HEADS.NAME", "OHEMROIHeads", "MODEL.ROI_ALIGN_IMPL", "torchvision")
     mapper = DatasetMapper(cfg, is_train=True, augmentations=[])
     batch = [mapper(d) for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[:3]]
     ref = _step(cfg, batch)
     cfg.MODEL.ROI_ALIGN_IMPL = "gather"
+    assert sum(isinstance(m, GatherROIAlign) for m in Trainer.build_model(cfg).modules()) >= 1
     new = _step(cfg, batch)
     assert ref[0].keys() == new[0].keys()
     for k in ref[0]:

@@ -95,15 +95,18 @@ def _step(cfg, batch):
     ["MODEL.PROPOSAL_GENERATOR.NAME", "FocalRPN", "MODEL.RPN.HEAD_NAME", "SoftmaxRPNHead",
      "MODEL.FOCAL_RPN.FORM", "softmax", "MODEL.ROI_HEADS.NAME", "OHEMROIHeads"],
 ], ids=["rpn_ce", "focal_rpn_softmax_ohem"])
-def test_training_step_bitwise_one_thread(make_cfg, opts):
-    cfg = make_cfg("configs/synthetic/faster_rcnn.yaml", *opts)
+@pytest.mark.parametrize("roi_align", ["torchvision", "gather"])
+def test_training_step_bitwise_one_thread(make_cfg, opts, roi_align):
+    """With the gather RoIAlign (not split: its backward is one sparse product) the RPN's
+    proposal selection is still split by image, and still bitwise."""
+    cfg = make_cfg("configs/synthetic/faster_rcnn.yaml", *opts, "MODEL.ROI_ALIGN_IMPL", roi_align)
     mapper = DatasetMapper(cfg, is_train=True, augmentations=[])
     batch = [mapper(d) for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[:3]]
     cfg.MODEL.IMAGE_THREADS = 1
     ref = _step(cfg, batch)
     cfg.MODEL.IMAGE_THREADS = 2
     model = Trainer.build_model(cfg)
-    assert sum(isinstance(m, ImageThreadsROIAlign) for m in model.modules()) >= 1
+    assert (sum(isinstance(m, ImageThreadsROIAlign) for m in model.modules()) >= 1) == (roi_align == "torchvision")
     new = _step(cfg, batch)
     assert ref[0].keys() == new[0].keys()
     for k in ref[0]:
@@ -118,7 +121,7 @@ def test_training_step_bitwise_one_thread(make_cfg, opts):
 def test_model_with_image_threads_pickles_and_copies(make_cfg, tmp_path):
     import copy
 
-    cfg = make_cfg("configs/synthetic/faster_rcnn.yaml", "MODEL.IMAGE_THREADS", "2")
+    cfg = make_cfg("configs/synthetic/faster_rcnn.yaml", "MODEL.IMAGE_THREADS", "2", "MODEL.ROI_ALIGN_IMPL", "torchvision")
     model = Trainer.build_model(cfg)
     torch.save(model, tmp_path / "model.pt")  # a whole model, not only its state_dict
     for clone in (torch.load(tmp_path / "model.pt", weights_only=False), copy.deepcopy(model)):
