@@ -95,7 +95,8 @@ PAIRS = {
     # RetinaNet's training (the same 650 iterations, so the step time decides). Across two
     # different models interleaving is biased: it slows the lighter one's steps (the RetinaNet's
     # took 329 ms alone in a process, 382-440 ms interleaved with the Faster R-CNN's), so this
-    # pair reads ~1.28x where whole trainings run in turn measure ~1.5x (README, ninth round).
+    # pair reads ~1.28x where whole trainings run in turn measure ~1.5x (README, ninth round):
+    # for training time between different models use bench_trainings.py.
     "recipes": {
         "config": "configs/trees/retinanet.yaml",
         "variants": {
