@@ -15,7 +15,7 @@ contributing 0 and points on its last row/column clamped. Outputs and gradients 
 torchvision's to float rounding (tests/test_gather_roi_align.py, float64). Without gradients
 (inference), under tracing or scripting and on a GPU it is torchvision's kernel.
 """
-from typing import Tuple
+from typing import Callable, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -160,18 +160,23 @@ class GatherROIAlign(ROIAlign):
                                 self.sampling_ratio, self.aligned)
 
 
+def replace_roi_align(model: nn.Module, make: Callable[[ROIAlign], nn.Module]) -> None:
+    """Replaces, in place, every level of every ROIPooler in ``model`` that is Detectron2's own
+    ROIAlign (not a subclass: a level replaced once stays as it is) by ``make(level)``."""
+    for module in model.modules():
+        if isinstance(module, ROIPooler):
+            for i, level in enumerate(module.level_poolers):
+                if type(level) is ROIAlign:
+                    module.level_poolers[i] = make(level)
+
+
 def use_roi_align(model: nn.Module, impl: str) -> nn.Module:
     """Makes every ROIPooler's RoIAlign levels in ``model`` use ``impl`` (MODEL.ROI_ALIGN_IMPL):
     "torchvision" (Detectron2's, unchanged) or "gather" (:class:`GatherROIAlign`), in place. No
     parameters change: checkpoints load either way. Returns ``model``."""
     if impl not in ("torchvision", "gather"):
         raise ValueError(f"MODEL.ROI_ALIGN_IMPL must be 'torchvision' or 'gather', got {impl!r}")
-    if impl == "torchvision":
-        return model
-    for module in model.modules():
-        if isinstance(module, ROIPooler):
-            for i, level in enumerate(module.level_poolers):
-                if type(level) is ROIAlign:
-                    module.level_poolers[i] = GatherROIAlign(
-                        level.output_size, level.spatial_scale, level.sampling_ratio, level.aligned)
+    if impl == "gather":
+        replace_roi_align(model, lambda level: GatherROIAlign(
+            level.output_size, level.spatial_scale, level.sampling_ratio, level.aligned))
     return model

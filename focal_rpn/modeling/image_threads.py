@@ -15,9 +15,10 @@ from typing import Callable, List
 
 import torch
 from detectron2.layers import ROIAlign
-from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.proposal_generator import RPN
 from torch import nn
+
+from .gather_roi_align import replace_roi_align
 
 _POOL = {}  # threads -> ThreadPoolExecutor: long-lived workers (no thread start, no new OpenMP team per call)
 
@@ -128,13 +129,10 @@ def split_images(model: nn.Module, threads: int) -> nn.Module:
         raise ValueError(f"MODEL.IMAGE_THREADS must be >= 1, got {threads}")
     if threads == 1:
         return model
+    replace_roi_align(model, lambda level: ImageThreadsROIAlign(
+        level.output_size, level.spatial_scale, level.sampling_ratio, level.aligned, threads=threads))
     for module in model.modules():
-        if isinstance(module, ROIPooler):
-            for i, level in enumerate(module.level_poolers):
-                if type(level) is ROIAlign:
-                    module.level_poolers[i] = ImageThreadsROIAlign(
-                        level.output_size, level.spatial_scale, level.sampling_ratio, level.aligned, threads=threads)
-        elif isinstance(module, RPN):
+        if isinstance(module, RPN):
             module.predict_proposals = _ProposalsByImage(module, threads)
     return model
 
