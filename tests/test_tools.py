@@ -269,19 +269,25 @@ _EARLIER_RPN = ["--opts", "SOLVER.AMP.ENABLED", "False", "MODEL.RPN.IOU_THRESHOL
 STUDY_OPTS = {"rpn": _EARLIER_RPN, "retinanet": ["--opts", "SOLVER.AMP.ENABLED", "False"], "rpn_lambda": _EARLIER_RPN}
 
 
-@pytest.mark.parametrize("suite", ["rpn", "retinanet", "rpn_lambda"])
-def test_committed_study_reports_rebuild_from_their_summaries(suite, tmp_path):
+# (results folder, suite, --opts): the study's suites, and the rpn suite on the shipped two-stage
+# recipe (twelfth round), reported without options.
+_REPORTS = [("results", suite, STUDY_OPTS[suite]) for suite in ("rpn", "retinanet", "rpn_lambda")] + [
+    (os.path.join("results", "trees", "tuning", "bs4_gather"), "rpn", [])]
+
+
+@pytest.mark.parametrize("results_dir, suite, opts", _REPORTS)
+def test_committed_study_reports_rebuild_from_their_summaries(results_dir, suite, opts, tmp_path):
     """The committed results.md of each trees suite is what --report makes of the committed
     summaries today: a config change that silently makes them stale (a new key's default in the
     hash) or a report change shows up here, not in a README that no longer matches its data."""
     from conftest import ROOT
 
-    src = os.path.join(ROOT, "results", "trees", suite)
+    src = os.path.join(ROOT, results_dir, "trees", suite)
     if not os.path.isfile(os.path.join(src, "results.md")):
         pytest.skip(f"no committed {suite} report")
     shutil.copytree(src, tmp_path / "trees" / suite)
     (tmp_path / "trees" / suite / "results.md").unlink()
-    ablate.main(["--suite", suite, "--dataset", "trees", "--report", "--results", str(tmp_path), *STUDY_OPTS[suite]])
+    ablate.main(["--suite", suite, "--dataset", "trees", "--report", "--results", str(tmp_path), *opts])
     with open(os.path.join(src, "results.md")) as f:
         committed = f.read()
     assert (tmp_path / "trees" / suite / "results.md").read_text() == committed
