@@ -10,7 +10,10 @@ variant once, in the order given, as an ordinary ``train_net.py`` training of ``
 iterations (no weight average, no evaluation, its own output folder under ``--out``), and reads
 Detectron2's "Overall training speed" (s/iter over all but its first iterations: the data loader,
 the model and the optimizer as a user's training runs them). Printed: each run's s/iter, its
-ratio to the reference's run of the same rep, and per variant the median ratio over the reps.
+ratio to the reference's run of the same rep, and per variant the median ratio over the reps and
+that ratio times the variant's schedule over the reference's (each config's SOLVER.MAX_ITER,
+after its options): the ratio of whole trainings' wall time. A variant's own SOLVER.MAX_ITER sets
+its schedule only; every benchmark training runs ``--iters``.
 
 This is the measurement for a question about training wall time between *different* models
 (bench_train_step.py interleaves steps in one process, which is fair for two variants of one model
@@ -44,15 +47,24 @@ def parse_variant(spec: str):
 
 def train_speed(config: str, opts, iters: int, out_dir: str) -> float:
     """s/iter of one ``train_net.py`` training of ``iters`` iterations in ``out_dir``."""
-    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", os.path.join(ROOT, config),
+    # the variant's options first: the benchmark's own (its length among them) come last and win
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", os.path.join(ROOT, config), *opts,
            "SOLVER.MAX_ITER", str(iters), "SOLVER.WEIGHT_AVERAGE.ENABLED", "False", "TEST.EVAL_PERIOD", "0",
-           "DATASETS.TEST", "()", "OUTPUT_DIR", out_dir, *opts]
+           "DATASETS.TEST", "()", "OUTPUT_DIR", out_dir]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     found = SPEED.findall(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not found:
         tail = (proc.stdout + proc.stderr)[-2000:]
         raise SystemExit(f"training {config} {' '.join(opts)} failed (exit {proc.returncode}):\n{tail}")
     return float(found[-1][1])
+
+
+def schedule_iters(config: str, opts) -> int:
+    """SOLVER.MAX_ITER of ``config`` with ``opts``: the length of the training the variant stands for."""
+    sys.path.insert(0, ROOT)
+    from focal_rpn.config import load_config
+
+    return load_config(os.path.join(ROOT, config), list(opts)).SOLVER.MAX_ITER
 
 
 def main(argv=None):
@@ -76,14 +88,18 @@ def main(argv=None):
             runs.append({"rep": rep, "variant": name, "s_per_iter": speeds[name], "ratio": ratio})
             print(f"rep {rep} {name:<24} {speeds[name]:.4f} s/iter  {ratio:.2f}x {names[0]}", flush=True)
     medians = {n: statistics.median(r["ratio"] for r in runs if r["variant"] == n) for n in names}
-    print(f"median over {args.reps} reps of s/iter / {names[0]}'s s/iter in the same rep:")
+    schedules = {name: schedule_iters(config, opts) for name, config, opts in variants}
+    training_time = {n: medians[n] * schedules[n] / schedules[names[0]] for n in names}
+    print(f"median over {args.reps} reps of s/iter / {names[0]}'s s/iter in the same rep, and x the schedule:")
     for n in names:
-        print(f"  {n:<24} {medians[n]:.2f}x")
+        print(f"  {n:<24} {medians[n]:.2f}x per iteration, {schedules[n]} iterations: "
+              f"{training_time[n]:.2f}x {names[0]}'s training time")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"iters": args.iters, "reference": names[0],
                        "variants": {n: {"config": c, "opts": o} for n, c, o in variants},
-                       "runs": runs, "median_ratio": medians}, f, indent=1)
+                       "runs": runs, "median_ratio": medians, "schedule_iters": schedules,
+                       "training_time_ratio": training_time}, f, indent=1)
     return medians
 
 
