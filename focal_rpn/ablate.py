@@ -57,9 +57,9 @@ SUITES = tuple(REFERENCES)
 TREES_STUDY_OPTS = {
     "retinanet": "SOLVER.AMP.ENABLED False",
     "rpn": "SOLVER.AMP.ENABLED False MODEL.RPN.IOU_THRESHOLDS '[0.3, 0.7]' SOLVER.IMS_PER_BATCH 8 "
-           "MODEL.ROI_ALIGN_IMPL torchvision",
+           "MODEL.ROI_ALIGN_IMPL torchvision SOLVER.MAX_ITER 650 SOLVER.WEIGHT_AVERAGE.START_ITER 400",
     "rpn_lambda": "SOLVER.AMP.ENABLED False MODEL.RPN.IOU_THRESHOLDS '[0.3, 0.7]' SOLVER.IMS_PER_BATCH 8 "
-                  "MODEL.ROI_ALIGN_IMPL torchvision",
+                  "MODEL.ROI_ALIGN_IMPL torchvision SOLVER.MAX_ITER 650 SOLVER.WEIGHT_AVERAGE.START_ITER 400",
 }
 
 # Extra options turning a trees config into a seconds-long run on the synthetic shapes.
