@@ -51,17 +51,6 @@ RPN_LAMBDAS = [0.1, 0.3, 1.0, 3.0]
 # The variant every other one of a suite is compared with (paired by seed).
 REFERENCES = {"rpn": "rpn_ce", "retinanet": "gamma_2", "rpn_lambda": "lambda_1"}
 SUITES = tuple(REFERENCES)
-# The committed trees studies were run before a later recipe change; these --opts name the configs
-# they ran (README, "The study on trees"). Only a hint in --report's message: summaries do not
-# record the --opts they were made with.
-TREES_STUDY_OPTS = {
-    "retinanet": "SOLVER.AMP.ENABLED False",
-    "rpn": "SOLVER.AMP.ENABLED False MODEL.RPN.IOU_THRESHOLDS '[0.3, 0.7]' SOLVER.IMS_PER_BATCH 8 "
-           "MODEL.ROI_ALIGN_IMPL torchvision SOLVER.MAX_ITER 650 SOLVER.WEIGHT_AVERAGE.START_ITER 400",
-    "rpn_lambda": "SOLVER.AMP.ENABLED False MODEL.RPN.IOU_THRESHOLDS '[0.3, 0.7]' SOLVER.IMS_PER_BATCH 8 "
-                  "MODEL.ROI_ALIGN_IMPL torchvision SOLVER.MAX_ITER 650 SOLVER.WEIGHT_AVERAGE.START_ITER 400",
-}
-
 # Extra options turning a trees config into a seconds-long run on the synthetic shapes.
 SYNTHETIC_OPTS = [
     "DATASETS.TRAIN", "('synthetic_train',)", "DATASETS.TEST", "('synthetic_val',)",
@@ -116,7 +105,8 @@ def summarize(variant: Variant, seed: int, opts: List[str], run_dir: str, peak_r
     return {
         "variant": variant.name, "seed": seed, "iterations": cfg.SOLVER.MAX_ITER,
         "s_per_iter": metrics.pop("s_per_iter"), "peak_rss_mb": peak_rss_mb, "wall_s": wall_s,
-        "config_sha256": results.config_sha256(cfg), "git_commit": results.git_commit(ROOT), "metrics": metrics,
+        "config_sha256": results.config_sha256(cfg), "config": results.comparable_config(cfg).dump(),
+        "opts": list(opts), "git_commit": results.git_commit(ROOT), "metrics": metrics,
     }
 
 
@@ -143,41 +133,44 @@ def set_aside_other_training(run_dir: str, cfg) -> None:
 
 
 def run_one(variant: Variant, seed: int, opts: List[str], run_dir: str, num_gpus: int) -> dict:
-    """Trains and evaluates one run in a train_net.py process (resuming when it has a checkpoint).
-    Returns its summary (without writing it)."""
+    """Trains and evaluates one run in a train_net process (resuming when it has a checkpoint).
+    Returns its summary (without writing it): the metrics, or, when the process failed (a
+    diverging loss, out of memory, a crash), a ``failed`` record of why, at which iteration, and
+    the log."""
     set_aside_other_training(run_dir, run_config(variant, seed, opts))
     os.makedirs(run_dir, exist_ok=True)
-    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", os.path.join(ROOT, variant.config),
+    cmd = [sys.executable, "-m", "focal_rpn.tools.train_net", "--config-file", os.path.join(ROOT, variant.config),
            "--num-gpus", str(num_gpus)]
     if os.path.isfile(os.path.join(run_dir, "last_checkpoint")):
         cmd.append("--resume")
     cmd += variant.opts + list(opts) + ["SEED", str(seed), "OUTPUT_DIR", run_dir]
     t0 = time.time()
-    with open(os.path.join(run_dir, "stdout.txt"), "a") as log:
+    log_path = os.path.join(run_dir, "stdout.txt")
+    with open(log_path, "a") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        raise RuntimeError(f"run failed (exit {code}): {' '.join(cmd)}; see {run_dir}/stdout.txt")
+        cfg = run_config(variant, seed, opts)
+        return {"variant": variant.name, "seed": seed, "config_sha256": results.config_sha256(cfg),
+                "config": results.comparable_config(cfg).dump(), "opts": list(opts),
+                "git_commit": results.git_commit(ROOT), "wall_s": time.time() - t0,
+                "failed": results.failure(run_dir, log_path, code)}
     return summarize(variant, seed, opts, run_dir, usage.ru_maxrss / 1024, time.time() - t0)
 
 
 def report(variants: List[Variant], suite: str, dataset: str, results_dir: str, opts: List[str]) -> str:
-    """Rebuilds results.md/.csv/.png of a suite from its summaries; returns the markdown."""
+    """Rebuilds results.md/.csv/.png of a suite from its summaries; returns the markdown. Summaries
+    of another config than the variants build today with ``opts`` are tabulated apart, titled by
+    what differs."""
     names = [v.name for v in variants]
     by_name = {v.name: v for v in variants}
-    current, stale = results.read_summaries(
-        results_dir, dataset, suite, names,
-        lambda name, seed: results.config_sha256(run_config(by_name[name], seed, opts)))
-    if not current:
-        raise SystemExit(f"no current summary under {os.path.join(results_dir, dataset, suite)}: nothing to report"
-                         + (f" ({len(stale)} stale: their config is not what the variants build today with "
-                            f"--opts {' '.join(opts) or '(none)'}; runs made with --opts are reported with the "
-                            "same --opts" + (f", the committed trees {suite} study's: --opts {TREES_STUDY_OPTS[suite]}"
-                                             if dataset == "trees" and suite in TREES_STUDY_OPTS else "") + ")"
-                            if stale else ""))
+    groups = results.read_summaries(results_dir, dataset, suite, names,
+                                    lambda name, seed: run_config(by_name[name], seed, opts))
     out_dir = os.path.join(results_dir, dataset, suite)
-    md = results.write_report(current, names, REFERENCES[suite], out_dir, f"{suite} suite on {dataset}", stale)
+    if not (groups.current or groups.earlier or groups.failed):
+        raise SystemExit(f"no summary under {out_dir}: nothing to report")
+    md = results.write_report(groups, names, REFERENCES[suite], out_dir, f"{suite} suite on {dataset}")
     print(md)
     print(f"Results: {os.path.abspath(out_dir)}/results.md, results.csv, results.png")
     return md
@@ -196,7 +189,11 @@ def parse_args(argv=None):
     ap.add_argument("--num-gpus", type=int, default=1, help="local launcher: processes per run (CPU: gloo workers)")
     ap.add_argument("--variants", nargs="*", help="only these variants")
     ap.add_argument("--out", default="output/ablate", help="run folders (checkpoints, logs, cluster jobs)")
-    ap.add_argument("--results", default=os.path.join(ROOT, "results"), help="summaries and reports (committed)")
+    ap.add_argument("--results", help="summaries and reports; default: the committed results/ for the shipped "
+                    "configs, OUT/results for runs with --opts (so that they never replace a shipped config's)")
+    ap.add_argument("--rerun-stale", action="store_true",
+                    help="run again, and replace, summaries of an earlier recipe (by default kept and reported apart)")
+    ap.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     ap.add_argument("--report", action="store_true", help="train nothing: tabulate the suite's summaries")
     ap.add_argument("--reevaluate", action="store_true",
                     help="train nothing: re-evaluate the stale runs whose config changed only in evaluation "
@@ -218,6 +215,8 @@ def parse_args(argv=None):
     ap.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                     help="config options for every run (they are part of each run's config hash)")
     args = ap.parse_args(argv)
+    if args.results is None:
+        args.results = os.path.join(args.out, "results") if args.opts else os.path.join(ROOT, "results")
     if args.launcher == "local" and (args.wait or args.slurm_partition or args.slurm_extra):
         ap.error("--wait, --slurm-partition and --slurm-extra need --launcher submitit "
                  "(the local launcher runs one run after another and returns when all are done)")
@@ -236,7 +235,8 @@ def adopt_identical_runs(jobs, args) -> None:
     hash and seed) already kept under another suite or variant of the dataset, marked
     ``same_run_as``: training it again would repeat that run."""
     for v, seed, path, expected in jobs:
-        if results.summary_state(path, expected) == "current":
+        state = results.summary_state(path, expected)
+        if state in ("current", "failed") or (state == "stale" and not args.rerun_stale):
             continue
         twin = results.find_same_run(args.results, args.dataset, seed, expected, path)
         if twin is None:
@@ -246,23 +246,45 @@ def adopt_identical_runs(jobs, args) -> None:
         print(f"{v.name} seed {seed}: the same config and seed as {source}; its summary copied, not trained again")
 
 
-def run_local(jobs, args):
-    """Runs the jobs one after another in this shell (``--launcher local``)."""
-    durations = []
+def run_local(jobs, args) -> int:
+    """Runs the jobs one after another in this shell (``--launcher local``); a run locked by another
+    process is skipped, a failed one recorded and the next one started. Returns how many failed."""
+    from .study.lock import run_lock
+
+    durations, failed = [], 0
     for i, (v, seed, path, expected) in enumerate(jobs, start=1):
+        head = f"[{i}/{len(jobs)}] {v.name} seed {seed}"
         state = results.summary_state(path, expected)
         if state == "current":
-            print(f"[{i}/{len(jobs)}] {v.name} seed {seed}: summary exists, skipped")
+            print(f"{head}: summary exists, skipped")
             continue
-        if state == "stale":
-            print(f"[{i}/{len(jobs)}] {v.name} seed {seed}: summary is stale (config changed), running again")
-        # (hours, not a clock time: a suite can take days)
-        eta = f", about {statistics.mean(durations) * (len(jobs) - i + 1) / 3600:.1f} h left" if durations else ""
-        print(f"[{i}/{len(jobs)}] {v.name} seed {seed}: running{eta}", flush=True)
-        t0 = time.time()
+        if state == "stale" and not args.rerun_stale:
+            print(f"{head}: {path} holds a run of another config (an earlier recipe, reported apart): "
+                  "kept, not run; --rerun-stale replaces it")
+            continue
+        if state == "failed" and not args.retry_failed:
+            print(f"{head}: failed before ({results.load_summary(path)['failed']['cause']}); --retry-failed runs it again")
+            continue
         out = run_dir(args.out, args.suite, args.dataset, v.name, seed)
-        results.write_summary(path, run_one(v, seed, args.opts, out, args.num_gpus))
-        durations.append(time.time() - t0)
+        with run_lock(out) as other:
+            if other is not None:
+                print(f"{head}: being trained by {other} (lock {out}/run.lock), skipped")
+                continue
+            if results.summary_state(path, expected) == "current":  # finished while we waited our turn
+                print(f"{head}: summary exists, skipped")
+                continue
+            # (hours, not a clock time: a suite can take days)
+            eta = f", about {statistics.mean(durations) * (len(jobs) - i + 1) / 3600:.1f} h left" if durations else ""
+            print(f"{head}: running{eta}", flush=True)
+            t0 = time.time()
+            summary = run_one(v, seed, args.opts, out, args.num_gpus)
+            results.write_summary(path, summary)
+        if "failed" in summary:
+            failed += 1
+            print(f"{head}: FAILED: {summary['failed']['cause']}; recorded in {path}", flush=True)
+        else:
+            durations.append(time.time() - t0)
+    return failed
 
 
 def reevaluate_stale(jobs, args) -> None:
@@ -309,8 +331,10 @@ def main(argv=None):
     if not args.status:
         adopt_identical_runs(jobs, args)
     if args.launcher == "local" and not args.status:
-        run_local(jobs, args)
+        failed = run_local(jobs, args)
         report(all_variants, args.suite, args.dataset, args.results, args.opts)
+        if failed:
+            raise SystemExit(f"{failed} run(s) failed (listed in the report); --retry-failed runs them again")
         return
     from . import cluster
 
@@ -319,7 +343,7 @@ def main(argv=None):
     keys = [(v.name, seed, path) for v, seed, path, _ in jobs]
 
     def states():
-        return cluster.run_states(keys, expected, cluster.load_ledger(suite_dir))
+        return cluster.run_states(keys, expected, cluster.load_ledger(suite_dir), args.rerun_stale)
 
     title = f"{args.suite} suite on {args.dataset}"
     if args.status:
@@ -330,7 +354,7 @@ def main(argv=None):
         args.slurm_partition, args.gpus_per_run, args.nodes_per_run, args.timeout_min, args.slurm_extra)
     runs = [cluster.StudyRun(v, seed, args.opts, run_dir(args.out, args.suite, args.dataset, v.name, seed), path,
                              args.gpus_per_run, args.nodes_per_run) for v, seed, path, _ in jobs]
-    cluster.submit(runs, states(), suite_dir, executor)
+    cluster.submit(runs, states(), suite_dir, executor, args.retry_failed)
     if not args.wait:
         print(f"Jobs and logs: {suite_dir}; `--status` follows them, `--report` tabulates the finished runs")
         return
@@ -338,7 +362,7 @@ def main(argv=None):
     if counts["done"]:
         report(all_variants, args.suite, args.dataset, args.results, args.opts)
     if counts["failed"]:
-        raise SystemExit(f"{counts['failed']} run(s) failed; run the same command again to resubmit them")
+        raise SystemExit(f"{counts['failed']} run(s) failed; --retry-failed submits them again")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ Job ids are kept in ``OUT/SUITE-DATASET/jobs.json`` and each job's logs in
 ``OUT/SUITE-DATASET/submitit/`` (``<job id>_0_log.out``, ``.err``). Without SLURM (no ``srun`` on PATH) submitit's local
 executor runs the jobs as processes of this machine, which is what the tests use.
 """
+import contextlib
 import datetime
-import importlib.util
 import json
 import os
 import pickle
@@ -26,20 +26,11 @@ from . import results
 
 LEDGER = "jobs.json"
 # States of a run in --status; "done" = its current summary exists.
-STATES = ("done", "running", "pending", "failed", "not submitted")
+# "earlier recipe": a summary of another config is kept there (replaced only with --rerun-stale).
+STATES = ("done", "running", "pending", "failed", "not submitted", "earlier recipe")
 _SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED",
                   "PREEMPTED"}  # submitit requeues a preempted job
 _SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT"}
-
-
-def _train_net_main():
-    """``main`` of the repository's train_net.py (it is a script, not part of the package)."""
-    from .ablate import ROOT
-
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 class StudyRun:
@@ -71,6 +62,8 @@ class StudyRun:
         from detectron2.engine import launch
 
         from .ablate import summarize
+        from .study.lock import run_lock
+        from .tools.train_net import main as train_net_main
 
         self._started = time.time()
         env = submitit.JobEnvironment()
@@ -79,8 +72,17 @@ class StudyRun:
         dist_url = "auto" if self.nodes == 1 else f"tcp://{env.hostnames[0]}:{port}"
         args = self._args(env.node, dist_url)
         os.makedirs(self.run_dir, exist_ok=True)
-        launch(_train_net_main(), args.num_gpus, num_machines=args.num_machines,
-               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+        with (run_lock(self.run_dir) if env.node == 0 else contextlib.nullcontext()) as other:
+            if other is not None:
+                print(f"{self.run_dir} is being trained by {other}: this job leaves it", flush=True)
+                return None
+            try:
+                launch(train_net_main, args.num_gpus, num_machines=args.num_machines,
+                       machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+            except Exception as e:
+                if env.node == 0:  # recorded, then raised: submitit marks the job failed
+                    self._record_failure(e, env)
+                raise
         if env.node != 0:
             return None
         # ru_maxrss is in KiB; the training ran in this process (1 GPU) or its children (launch).
@@ -91,6 +93,21 @@ class StudyRun:
         summary["job_id"] = env.job_id
         results.write_summary(self.summary_path, summary)
         return self.summary_path
+
+    def _record_failure(self, error: Exception, env) -> None:
+        """Writes the run's ``failed`` summary: the error, the last iteration, the job's log."""
+        from submitit.core.utils import JobPaths
+
+        from .ablate import run_config
+
+        cfg = run_config(self.variant, self.seed, self.opts)
+        log = str(JobPaths(env.paths.folder, job_id=env.job_id, task_id=0).stderr)
+        record = results.failure(self.run_dir, log, 1)
+        record["cause"] = f"{type(error).__name__}: {str(error)[:500]}"
+        results.write_summary(self.summary_path, {
+            "variant": self.variant.name, "seed": self.seed, "config_sha256": results.config_sha256(cfg),
+            "config": results.comparable_config(cfg).dump(), "opts": list(self.opts), "job_id": env.job_id,
+            "wall_s": self.elapsed + time.time() - self._started, "failed": record})
 
     def checkpoint(self):
         """submitit calls this on preemption or time-out: requeue the same run. Training state is in
@@ -214,14 +231,23 @@ def job_state(record: dict) -> Tuple[str, str]:
     return ("running" if _pid_alive(int(record["job_id"])) else "failed"), log
 
 
-def run_states(keys: List[Tuple[str, int, str]], expected: Dict[Tuple[str, int], str], ledger: dict
-               ) -> Dict[Tuple[str, int], Tuple[str, str]]:
+def run_states(keys: List[Tuple[str, int, str]], expected: Dict[Tuple[str, int], str], ledger: dict,
+               rerun_stale: bool = False) -> Dict[Tuple[str, int], Tuple[str, str]]:
     """State and log path of every (variant, seed, summary path): done when its summary is
-    current (``expected`` config hash), else from its job in the ledger."""
+    current (``expected`` config hash), failed when its summary records a failure, "earlier
+    recipe" when it holds another config's summary (unless ``rerun_stale``), else from its job in
+    the ledger."""
     out = {}
     for name, seed, path in keys:
-        if results.summary_state(path, expected[(name, seed)]) == "current":
+        summary_state = results.summary_state(path, expected[(name, seed)])
+        if summary_state == "current":
             out[(name, seed)] = ("done", "")
+            continue
+        if summary_state == "failed":
+            out[(name, seed)] = ("failed", results.load_summary(path)["failed"]["log"])
+            continue
+        if summary_state == "stale" and not rerun_stale:
+            out[(name, seed)] = ("earlier recipe", path)
             continue
         record = ledger.get(f"{name}/seed{seed}")
         if record is None:
@@ -243,9 +269,11 @@ def print_status(states: Dict[Tuple[str, int], Tuple[str, str]], title: str) -> 
     return counts
 
 
-def submit(runs: List[StudyRun], states, suite_dir: str, executor) -> Dict[Tuple[str, int], object]:
-    """Submits every run whose job is not pending, running or done and records it in the ledger.
-    Returns the submitted submitit jobs by (variant, seed)."""
+def submit(runs: List[StudyRun], states, suite_dir: str, executor, retry_failed: bool = False
+           ) -> Dict[Tuple[str, int], object]:
+    """Submits every run not done, pending or running, nor failed (unless ``retry_failed``), nor
+    holding an earlier recipe's summary, and records it in the ledger. Returns the submitted
+    submitit jobs by (variant, seed)."""
     from .ablate import run_config, set_aside_other_training
 
     ledger = load_ledger(suite_dir)
@@ -253,8 +281,10 @@ def submit(runs: List[StudyRun], states, suite_dir: str, executor) -> Dict[Tuple
     for run in runs:
         key = (run.variant.name, run.seed)
         state, _ = states[key]
-        if state in ("done", "running", "pending"):
-            print(f"{run.variant.name} seed {run.seed}: {state}, not submitted again")
+        if state in ("done", "running", "pending", "earlier recipe") or (state == "failed" and not retry_failed):
+            print(f"{run.variant.name} seed {run.seed}: {state}, not submitted"
+                  + (" (--retry-failed submits it again)" if state == "failed" else "")
+                  + (" (--rerun-stale replaces it)" if state == "earlier recipe" else ""))
             continue
         # not in the job: a requeued job must resume its own checkpoints, and nodes would race
         set_aside_other_training(run.run_dir, run_config(run.variant, run.seed, run.opts))

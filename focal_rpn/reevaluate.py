@@ -100,9 +100,10 @@ def reevaluate_run(summary: dict, cfg, run_dir: str, git_commit: str) -> dict:
         raise ValueError(f"{run_dir} was trained with another config; it needs a new run: " + "; ".join(diffs["training"]))
     weights = _final_weights(trained_cfg, cfg, run_dir)
     metrics = evaluate_checkpoint(cfg, weights, os.path.join(run_dir, "reevaluate"))
-    metrics = {k: v for k, v in metrics.items() if k.startswith(("bbox/", "box_proposals/"))}
+    metrics = {k: v for k, v in metrics.items() if k.startswith(("bbox/", "box_proposals/", "deeppcb/"))}
     kept = {k: v for k, v in summary.items() if k != "path"}  # load_summary's note of where it was read
     return {**kept, "metrics": metrics, "config_sha256": results.config_sha256(cfg),
+            "config": results.comparable_config(cfg).dump(),
             "reevaluated": {"previous_config_sha256": summary["config_sha256"], "git_commit": git_commit,
                             "changed": diffs["evaluation"],
                             **({"earlier": summary["reevaluated"]} if "reevaluated" in summary else {})}}

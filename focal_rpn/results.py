@@ -4,11 +4,13 @@ plot rebuilt from them alone.
 One finished run leaves ``RESULTS/<dataset>/<suite>/<variant>/seed<K>.json``::
 
     {"variant", "seed", "iterations", "s_per_iter", "peak_rss_mb", "wall_s", "config_sha256",
-     "git_commit", "metrics": {"bbox/AP": ..., "bbox/AP50": ..., "box_proposals/AR@1000": ...}}
+     "config", "opts", "git_commit", "metrics": {"bbox/AP": ..., "bbox/AP50": ..., ...}}
 
-``config_sha256`` is the SHA-256 of the run's full config dump (OUTPUT_DIR and the
-:data:`RESULT_NEUTRAL_KEYS` left out): a summary whose hash differs from what its variant builds
-today is *stale*, reported and left out.
+``config`` is the dump of the run's config (:func:`comparable_config`) and ``config_sha256`` its
+SHA-256. A summary whose hash differs from what its variant builds today ran an *earlier recipe*:
+it is reported on its own, titled by what differs (:func:`recipe_difference`), and never replaced
+unless asked. A run that failed leaves ``{"variant", "seed", "failed": {"cause", "iteration",
+"log"}, ...}`` without metrics: listed apart, retried only when asked.
 """
 import csv
 import glob
@@ -18,13 +20,13 @@ import math
 import os
 import statistics
 import subprocess
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 import yaml
 
 from .stats import Interval, mean_ci, paired_difference, verdict
 
-METRICS = ["bbox/AP", "bbox/AP50", "bbox/AP75"]
+METRICS = ["bbox/AP", "bbox/AP50", "bbox/AP75", "deeppcb/mAP", "deeppcb/F"]
 PROPOSAL_METRICS = ["box_proposals/AR@100", "box_proposals/AR@1000"]
 
 
@@ -97,7 +99,7 @@ def git_commit(root: str) -> str:
 
 
 def final_metrics(run_dir: str) -> Dict[str, float]:
-    """The last evaluation's bbox/* and box_proposals/* values and the median training step time
+    """The last evaluation's bbox/*, box_proposals/* and deeppcb/* values and the median training step time
     (``s_per_iter``) from a run's metrics.json."""
     out: Dict[str, float] = {}
     times = []
@@ -106,7 +108,7 @@ def final_metrics(run_dir: str) -> Dict[str, float]:
             row = json.loads(line)
             if "time" in row:
                 times.append(row["time"])
-            out.update({k: v for k, v in row.items() if k.startswith(("bbox/", "box_proposals/"))})
+            out.update({k: v for k, v in row.items() if k.startswith(("bbox/", "box_proposals/", "deeppcb/"))})
     if "bbox/AP50" not in out:
         raise ValueError(f"{run_dir}/metrics.json has no evaluation (bbox/AP50): the run did not finish")
     out["s_per_iter"] = statistics.median(times) if times else math.nan
@@ -128,11 +130,37 @@ def write_summary(path: str, summary: dict) -> None:
 
 
 def summary_state(path: str, expected_sha256: str) -> Optional[str]:
-    """"current" when ``path`` holds a summary of the config with ``expected_sha256``, "stale" when
-    of another config, None when there is no summary."""
+    """"current" when ``path`` holds a summary of the config with ``expected_sha256``, "failed"
+    when it records a failed run of it, "stale" when it is a summary of another config (an
+    earlier recipe), None when there is no summary."""
     if not os.path.isfile(path):
         return None
-    return "current" if load_summary(path)["config_sha256"] == expected_sha256 else "stale"
+    s = load_summary(path)
+    if s["config_sha256"] != expected_sha256:
+        return "stale"
+    return "failed" if "failed" in s else "current"
+
+
+def failure(run_dir: str, log: str, exit_code: int) -> dict:
+    """The ``failed`` record of a run that ended with ``exit_code``: the cause read from the last
+    lines of ``log`` (its exception), the last iteration in its metrics.json, and the log's path."""
+    cause = f"exit code {exit_code}"
+    try:
+        with open(log, errors="replace") as f:
+            lines = [line.strip() for line in f.readlines()[-400:] if line.strip()]
+        errors = [line for line in lines if "Error" in line or "Exception" in line or "Killed" in line]
+        if errors:
+            cause = f"{errors[-1][:500]} (exit code {exit_code})"
+    except OSError:
+        pass
+    iteration = None
+    try:
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            for line in f:
+                iteration = json.loads(line).get("iteration", iteration)
+    except (OSError, ValueError):
+        pass
+    return {"cause": cause, "iteration": iteration, "log": log}
 
 
 def find_same_run(results_dir: str, dataset: str, seed: int, sha256: str, path: str) -> Optional[dict]:
@@ -148,7 +176,7 @@ def find_same_run(results_dir: str, dataset: str, seed: int, sha256: str, path: 
             s = load_summary(other)
         except ValueError:
             continue
-        if s["config_sha256"] == sha256:  # the seed is part of the config, so of the hash
+        if s["config_sha256"] == sha256 and "failed" not in s:  # the seed is part of the config, so of the hash
             return s
     return None
 
@@ -158,7 +186,7 @@ def load_summary(path: str) -> dict:
     try:
         with open(path) as f:
             s = json.load(f)
-        int(s["seed"]), s["config_sha256"], s["metrics"]["bbox/AP50"]
+        int(s["seed"]), s["config_sha256"], s["failed"]["cause"] if "failed" in s else s["metrics"]["bbox/AP50"]
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a run summary ({type(e).__name__}: {e})") from e
     return {**s, "path": path}
@@ -170,18 +198,59 @@ def summary_paths(folder: str) -> List[str]:
     return [os.path.join(folder, n) for n in names if n.startswith("seed") and n.endswith(".json") and n[4:-5].isdigit()]
 
 
+def _flat(cfg_dump: str) -> Dict[str, object]:
+    """{"A.B.C": value} of a config dump (YAML)."""
+    out = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+    walk(yaml.safe_load(cfg_dump) or {}, "")
+    return out
+
+
+def recipe_difference(summary: dict, today) -> str:
+    """What the config a summary recorded differs in from ``today`` (the config its variant and
+    seed build now), as "KEY VALUE ..." (the --opts that rebuild the run's config from today's
+    yaml), or a note when the summary recorded no config."""
+    if "config" not in summary:
+        return f"config not recorded; commit {summary.get('git_commit', 'unknown')[:10]}"
+    old, new = _flat(summary["config"]), _flat(comparable_config(today).dump())
+    # a key left out of the hash at its default (ADDED_KEYS) holds that default
+    value = lambda cfg, k: cfg.get(k, ADDED_KEYS.get(k, "<absent>"))  # noqa: E731
+    keys = sorted(k for k in set(old) | set(new) if value(old, k) != value(new, k))
+    return " ".join(f"{k} {json.dumps(v) if isinstance(v := value(old, k), (list, str)) else v}" for k in keys)
+
+
+class Summaries(NamedTuple):
+    """The summaries of a suite's folder, by what they can be compared with."""
+    current: List[dict]  # of the configs the variants build today
+    earlier: Dict[str, List[dict]]  # recipe difference (see recipe_difference) -> its summaries
+    failed: List[dict]  # failed runs
+
+
 def read_summaries(results_dir: str, dataset: str, suite: str, variants: List[str],
-                   expected_sha: Callable[[str, int], str]):
-    """(current, stale): the summaries of ``variants`` under results_dir/dataset/suite, split by
-    whether their config_sha256 is what ``expected_sha(variant, seed)`` says the variant builds
-    today. A file that is not a summary is an error naming it."""
-    current, stale = [], []
+                   build_config: Callable[[str, int], object]) -> Summaries:
+    """The summaries of ``variants`` under results_dir/dataset/suite, split by whether they ran the
+    config ``build_config(variant, seed)`` gives today (current), another (grouped by what
+    differs), or failed. A file that is not a summary is an error naming it."""
+    current, earlier, failed = [], {}, []
     for v in variants:
         for path in summary_paths(os.path.join(results_dir, dataset, suite, v)):
             s = load_summary(path)
-            (current if s["config_sha256"] == expected_sha(v, int(s["seed"])) else stale).append(s)
-    current.sort(key=lambda s: (variants.index(s["variant"]), s["seed"]))
-    return current, stale
+            cfg = build_config(v, int(s["seed"]))
+            if "failed" in s:
+                failed.append(s)
+            elif s["config_sha256"] != config_sha256(cfg):
+                earlier.setdefault(recipe_difference(s, cfg), []).append(s)
+            else:
+                current.append(s)
+    order = lambda s: (variants.index(s["variant"]), s["seed"])  # noqa: E731
+    return Summaries(sorted(current, key=order), {k: sorted(g, key=order) for k, g in earlier.items()},
+                     sorted(failed, key=order))
 
 
 def _short(metric: str) -> str:
@@ -197,8 +266,7 @@ def _fmt(iv: Interval, digits: int = 2) -> str:
     return f"{iv.mean:.{digits}f} ± {iv.half_width:.{digits}f}"
 
 
-def tabulate(summaries: List[dict], variants: List[str], reference: str, title: str,
-             stale: Optional[List[dict]] = None) -> str:
+def tabulate(summaries: List[dict], variants: List[str], reference: str, title: str) -> str:
     """Markdown: per variant mean ± 95% CI half-width (Student t) of each metric, and the paired
     difference to ``reference`` over the seeds both have, with its CI and a verdict."""
     present = [v for v in variants if any(s["variant"] == v for s in summaries)]
@@ -230,9 +298,6 @@ def tabulate(summaries: List[dict], variants: List[str], reference: str, title: 
         cells = [c for m in metrics for c in (_fmt(diffs[v][m]), verdict(diffs[v][m]))]
         lines.append(f"| {v} | {len(set(by[v]) & set(ref))} | " + " | ".join(cells) + " |")
     lines += [""] + reading(diffs, reference)
-    if stale:
-        lines += ["", "Stale (config changed since the run; left out): "
-                  + ", ".join(f"{s['variant']} seed {s['seed']}" for s in stale)]
     return "\n".join(lines) + "\n"
 
 
@@ -263,21 +328,41 @@ def reading(diffs: Dict[str, Dict[str, Interval]], reference: str, headline: str
     return lines
 
 
-def write_report(summaries: List[dict], variants: List[str], reference: str, out_dir: str, title: str,
-                 stale: Optional[List[dict]] = None) -> str:
-    """Writes results.md (see :func:`tabulate`), results.csv (one row per run) and results.png
-    (AP50 and AP, means with 95% CIs) into ``out_dir``. Returns the markdown."""
+def report_markdown(groups: Summaries, variants: List[str], reference: str, title: str) -> str:
+    """The tables of today's configs, the failed runs, then one set of tables per earlier recipe."""
+    parts = []
+    if groups.current:
+        parts.append(tabulate(groups.current, variants, reference, f"{title}: the shipped configs"))
+    if groups.failed:
+        parts.append("Failed runs (left out of the means; `--retry-failed` runs them again):\n\n" + "\n".join(
+            f"- {s['variant']} seed {s['seed']}: {s['failed']['cause']} at iteration {s['failed']['iteration']} "
+            f"(log: {s['failed']['log']})" for s in groups.failed) + "\n")
+    for diff, summaries in groups.earlier.items():
+        commits = sorted({s.get("git_commit", "unknown")[:7] for s in summaries})
+        parts.append(tabulate(summaries, variants, reference,
+                              f"{title}: recipe of commit {', '.join(commits)}, options `{diff}`"))
+    return "\n".join(parts)
+
+
+def write_report(groups: Summaries, variants: List[str], reference: str, out_dir: str, title: str) -> str:
+    """Writes results.md (see :func:`report_markdown`), results.csv (one row per run, with the
+    recipe it ran) and results.png (AP50 and AP, means with 95% CIs, of today's configs, or else of
+    the first earlier recipe) into ``out_dir``. Returns the markdown."""
     os.makedirs(out_dir, exist_ok=True)
-    md = tabulate(summaries, variants, reference, title, stale)
+    md = report_markdown(groups, variants, reference, title)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(md)
-    keys = ["variant", "seed"] + METRICS + PROPOSAL_METRICS + ["iterations", "s_per_iter", "peak_rss_mb", "git_commit"]
+    rows = [(s, "shipped") for s in groups.current] + [(s, d) for d, g in groups.earlier.items() for s in g]
+    metrics = [m for m in METRICS + PROPOSAL_METRICS if any(m in s["metrics"] for s, _ in rows)]
+    keys = ["variant", "seed"] + metrics + ["iterations", "s_per_iter", "peak_rss_mb", "git_commit", "recipe"]
     with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
-        for s in summaries:
-            w.writerow({k: s["metrics"].get(k, s.get(k, "")) for k in keys})
-    _plot(summaries, variants, os.path.join(out_dir, "results.png"), title)
+        for s, recipe in rows:
+            w.writerow({**{k: s["metrics"].get(k, s.get(k, "")) for k in keys[:-1]}, "recipe": recipe})
+    plotted = groups.current or next(iter(groups.earlier.values()), [])
+    if plotted:
+        _plot(plotted, variants, os.path.join(out_dir, "results.png"), title)
     return md
 
 

@@ -125,10 +125,14 @@ def test_submitit_suite_preempted_killed_resumed_and_reported(tmp_path, capsys):
     assert f"failed: gamma_2 seed 1: see {suite_dir}/submitit/{job}_0_log.err" in status
     assert not (res / "synthetic" / "retinanet" / "gamma_2" / "seed1.json").exists()  # never a half summary
 
-    # The same command again submits only the failed run; --wait blocks until it ends, then reports.
-    ablate.main(submit + ["--wait", "--opts", *OPTS])
+    # The same command again submits nothing: a failed run is retried only when asked
+    with pytest.raises(SystemExit, match="1 run"):
+        ablate.main(submit + ["--wait", "--opts", *OPTS])
+    assert "gamma_2 seed 1: failed, not submitted (--retry-failed" in capsys.readouterr().out
+    # --retry-failed submits only the failed run; --wait blocks until it ends, then reports.
+    ablate.main(submit + ["--wait", "--retry-failed", "--opts", *OPTS])
     text = capsys.readouterr().out
-    assert "ce seed 0: done, not submitted again" in text and "gamma_2 seed 1: submitted job" in text
+    assert "ce seed 0: done, not submitted" in text and "gamma_2 seed 1: submitted job" in text
     assert "4 runs: 4 done" in text
     for run in (preempted, killed):
         log = (run / "log.txt").read_text()
@@ -151,6 +155,20 @@ def test_submitit_suite_preempted_killed_resumed_and_reported(tmp_path, capsys):
     ablate.main(base + ["--report", "--opts", *OPTS])
     md = (res / "synthetic" / "retinanet" / "results.md").read_text()
     assert "| ce | 2 |" in md and "| gamma_2 | 2 |" in md
+
+
+def test_submitit_run_of_two_processes(tmp_path, capsys):
+    """--gpus-per-run 2 on a CPU: Detectron2's launch starts 2 gloo workers inside the job (its
+    entry point must pickle), they train and evaluate, and node 0 writes the summary."""
+    res = tmp_path / "results"
+    ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--variants", "gamma_2", "--out",
+                 str(tmp_path / "runs"), "--results", str(res), "--launcher", "submitit", "--submitit-cluster",
+                 "local", "--gpus-per-run", "2", "--timeout-min", "30", "--wait", "--opts", *OPTS])
+    assert "1 runs: 1 done" in capsys.readouterr().out
+    summary = json.loads((res / "synthetic/retinanet/gamma_2/seed0.json").read_text())
+    assert summary["iterations"] == 12 and "bbox/AP50" in summary["metrics"]
+    log = (tmp_path / "runs" / "retinanet-synthetic" / "gamma_2" / "seed0" / "log.txt").read_text()
+    assert "Rank of current process: 1. World size: 2" in log or "World size: 2" in log
 
 
 def test_slurm_extra_is_split_into_submitit_and_sbatch_parameters():

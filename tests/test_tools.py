@@ -62,18 +62,86 @@ def test_retinanet_suite_seeds_report_and_stale_runs(tmp_path, capsys):
     (res / "synthetic" / "retinanet" / "results.md").unlink()
     ablate.main(base + ["--report", "--opts", *FAST])
     assert (res / "synthetic" / "retinanet" / "results.md").read_text() == md
-    # a summary of another config is stale: reported, left out of the means, run again
+    # a summary of another config (an earlier recipe) is reported apart and kept, never replaced
+    # by an ordinary call; --rerun-stale replaces it
     path = res / "synthetic" / "retinanet" / "ce" / "seed2.json"
     s = json.loads(path.read_text())
+    s["config"] = s["config"].replace("BASE_LR: 0.02", "BASE_LR: 0.03")
     s["config_sha256"] = "0" * 64
     path.write_text(json.dumps(s))
     ablate.main(base + ["--report", "--opts", *FAST])
     md = (res / "synthetic" / "retinanet" / "results.md").read_text()
-    assert "Stale (config changed since the run; left out): ce seed 2" in md and "| ce | 2 |" in md
+    assert "options `SOLVER.BASE_LR 0.03`" in md and "| ce | 2 |" in md and "| ce | 1 |" in md
     capsys.readouterr()
     ablate.main(base + ["--seeds", "3", "--variants", "ce", "--opts", *FAST])
-    assert "ce seed 2: summary is stale" in capsys.readouterr().out
+    assert "ce seed 2: " in capsys.readouterr().out and json.loads(path.read_text()) == s
+    ablate.main(base + ["--seeds", "3", "--variants", "ce", "--rerun-stale", "--opts", *FAST])
     assert json.loads(path.read_text())["config_sha256"] != "0" * 64
+
+
+def test_runs_with_opts_never_write_the_shipped_configs_summaries(tmp_path, monkeypatch, capsys):
+    """Without --results, a call with --opts keeps its summaries under OUT/results; the shipped
+    configs' folder (results/ of the checkout) is left as it was."""
+    args, _, _ = ablate.parse_args(["--suite", "rpn", "--dataset", "synthetic", "--out", str(tmp_path / "runs"),
+                                    "--opts", *FAST])
+    assert args.results == str(tmp_path / "runs" / "results")
+    args, _, _ = ablate.parse_args(["--suite", "rpn", "--dataset", "synthetic"])
+    assert args.results == os.path.join(ablate.ROOT, "results")
+
+
+def test_a_failed_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys, monkeypatch):
+    """A diverging run leaves a summary marked failed (cause, iteration, log), the report lists it
+    apart, only --retry-failed runs it again, and the runs after it in the call still train."""
+    res = tmp_path / "results"
+    base = ["--suite", "retinanet", "--dataset", "synthetic", "--out", str(tmp_path / "runs"), "--results", str(res)]
+    diverge = ["--opts", *FAST, "SOLVER.BASE_LR", "1e30", "SOLVER.CLIP_GRADIENTS.ENABLED", "False"]
+    with pytest.raises(SystemExit, match="1 run"):
+        ablate.main(base + ["--variants", "ce", *diverge])
+    summary = json.loads((res / "synthetic" / "retinanet" / "ce" / "seed0.json").read_text())
+    assert "metrics" not in summary and "Error" in summary["failed"]["cause"]
+    assert summary["failed"]["iteration"] in (None, 0) and summary["failed"]["log"].endswith("stdout.txt")
+    assert os.path.isfile(summary["failed"]["log"])
+    md = (res / "synthetic" / "retinanet" / "results.md").read_text()
+    assert "Failed runs" in md and "- ce seed 0: " in md
+    capsys.readouterr()
+    trained = []
+    monkeypatch.setattr(ablate, "run_one", lambda v, seed, opts, *a: trained.append(v.name) or {
+        "variant": v.name, "seed": seed, "config_sha256": ablate.results.config_sha256(ablate.run_config(v, seed, opts)),
+        "failed": {"cause": "E", "iteration": 1, "log": "l"}})
+    with pytest.raises(SystemExit, match="1 run"):  # gamma_2 fails too; ce is not retried
+        ablate.main(base + ["--variants", "ce", "gamma_2", *diverge])
+    assert trained == ["gamma_2"] and "failed before" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="2 run"):
+        ablate.main(base + ["--variants", "ce", "gamma_2", "--retry-failed", *diverge])
+    assert trained == ["gamma_2", "ce", "gamma_2"]
+
+
+def test_a_locked_run_is_skipped(tmp_path, capsys, monkeypatch):
+    """A run whose folder another live process holds is skipped with a message, not trained into
+    the same folder; once that process is gone (however it ended) the lock is free."""
+    import subprocess
+    import sys
+
+    from focal_rpn.study.lock import run_lock
+
+    run = tmp_path / "runs" / "retinanet-synthetic" / "ce" / "seed0"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from focal_rpn.study.lock import run_lock\n"
+        f"with run_lock({str(run)!r}) as other:\n    print(other, flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "None"  # it holds the lock
+        trained = []
+        monkeypatch.setattr(ablate, "run_one", lambda *a: trained.append(a))
+        monkeypatch.setattr(ablate, "report", lambda *a: None)
+        ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--variants", "ce", "--out",
+                     str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--opts", *FAST])
+        assert trained == [] and f"being trained by {os.uname().nodename} pid {holder.pid}" in capsys.readouterr().out
+    finally:
+        holder.kill()  # no clean exit: the kernel releases the lock
+        holder.wait()
+    with run_lock(str(run)) as other:
+        assert other is None
 
 
 def test_a_broken_summary_is_named(tmp_path):
@@ -188,8 +256,7 @@ def test_reevaluate_a_test_time_change_instead_of_training(tmp_path, capsys):
     assert set(after) == set(before) | {"reevaluated"}  # the same fields as a trained run's, nothing more
     ablate.main(base + ["--opts", *iters, *test_change])  # now current: nothing to train
     assert "summary exists, skipped" in capsys.readouterr().out
-    with pytest.raises(SystemExit):  # nothing current left to report
-        ablate.main(base + ["--reevaluate", "--opts", *iters, *test_change, "SOLVER.BASE_LR", "0.001"])
+    ablate.main(base + ["--reevaluate", "--opts", *iters, *test_change, "SOLVER.BASE_LR", "0.001"])
     out = capsys.readouterr().out
     assert "not re-evaluated, still stale: gamma_2 seed 0:" in out and "SOLVER.BASE_LR: 0.02 -> 0.001" in out
     kept = json.loads(path.read_text())  # left as it was
@@ -197,7 +264,7 @@ def test_reevaluate_a_test_time_change_instead_of_training(tmp_path, capsys):
     # training it again under the changed config starts from scratch: the old folder's finished
     # checkpoint must not be resumed (it would be taken as a finished run of the new config)
     run = tmp_path / "runs" / "retinanet-synthetic" / "gamma_2" / "seed0"
-    ablate.main(base + ["--opts", *iters, *test_change, "SOLVER.BASE_LR", "0.001"])
+    ablate.main(base + ["--rerun-stale", "--opts", *iters, *test_change, "SOLVER.BASE_LR", "0.001"])
     with open(run / "metrics.json") as f:  # a fresh folder: one training, one evaluation
         rows = [json.loads(line) for line in f]
     assert sum("total_loss" in r for r in rows) >= 1 and sum("bbox/AP50" in r for r in rows) == 1
@@ -261,26 +328,16 @@ def test_a_key_added_later_keeps_earlier_runs_current_at_its_default(key):
     assert config_sha256(cfg) != today
 
 
-# The retinanet suite ran in float32, before configs/trees/retinanet.yaml turned bf16 on; the rpn
-# and rpn_lambda suites in float32 with the RPN's positives from IoU 0.7, before the two-stage
-# recipe's eighth round (bf16, IoU 0.5).
-_BEFORE_750 = ["SOLVER.MAX_ITER", "650", "SOLVER.WEIGHT_AVERAGE.START_ITER", "400"]  # twelfth round
-_EARLIER_RPN = ["--opts", "SOLVER.AMP.ENABLED", "False", "MODEL.RPN.IOU_THRESHOLDS", "[0.3, 0.7]",
-                "SOLVER.IMS_PER_BATCH", "8", "MODEL.ROI_ALIGN_IMPL", "torchvision", *_BEFORE_750]
-STUDY_OPTS = {"rpn": _EARLIER_RPN, "retinanet": ["--opts", "SOLVER.AMP.ENABLED", "False"], "rpn_lambda": _EARLIER_RPN}
+# The committed trees suites (folder, suite): each ran an earlier recipe than today's configs.
+_REPORTS = [("results", suite) for suite in ("rpn", "retinanet", "rpn_lambda")] + [
+    (os.path.join("results", "trees", "tuning", "bs4_gather"), "rpn")]
 
 
-# (results folder, suite, --opts): the study's suites, and the rpn suite on the eleventh round's
-# two-stage recipe (finished in the twelfth, at 650 iterations).
-_REPORTS = [("results", suite, STUDY_OPTS[suite]) for suite in ("rpn", "retinanet", "rpn_lambda")] + [
-    (os.path.join("results", "trees", "tuning", "bs4_gather"), "rpn", ["--opts", *_BEFORE_750])]
-
-
-@pytest.mark.parametrize("results_dir, suite, opts", _REPORTS)
-def test_committed_study_reports_rebuild_from_their_summaries(results_dir, suite, opts, tmp_path):
+@pytest.mark.parametrize("results_dir, suite", _REPORTS)
+def test_committed_study_reports_rebuild_from_their_summaries(results_dir, suite, tmp_path):
     """The committed results.md of each trees suite is what --report makes of the committed
-    summaries today: a config change that silently makes them stale (a new key's default in the
-    hash) or a report change shows up here, not in a README that no longer matches its data."""
+    summaries alone (no --opts: each summary carries its config): a config change or a report
+    change shows up here, not in docs that no longer match their data."""
     from conftest import ROOT
 
     src = os.path.join(ROOT, results_dir, "trees", suite)
@@ -288,25 +345,27 @@ def test_committed_study_reports_rebuild_from_their_summaries(results_dir, suite
         pytest.skip(f"no committed {suite} report")
     shutil.copytree(src, tmp_path / "trees" / suite)
     (tmp_path / "trees" / suite / "results.md").unlink()
-    ablate.main(["--suite", suite, "--dataset", "trees", "--report", "--results", str(tmp_path), *opts])
+    ablate.main(["--suite", suite, "--dataset", "trees", "--report", "--results", str(tmp_path)])
     with open(os.path.join(src, "results.md")) as f:
-        committed = f.read()
-    assert (tmp_path / "trees" / suite / "results.md").read_text() == committed
-    with open(os.path.join(ROOT, "README.md")) as f:  # pasted there, not typed (its title line aside)
-        assert committed.split("\n", 2)[2].strip() in f.read()
+        assert (tmp_path / "trees" / suite / "results.md").read_text() == f.read()
 
 
-@pytest.mark.parametrize("suite, runs", [("retinanet", 45), ("rpn", 30)])
-def test_a_report_of_runs_made_with_other_opts_says_to_pass_them(tmp_path, suite, runs):
-    """Without the study's --opts its runs are stale under today's recipe: --report refuses,
-    counts them and names the options (with which test_committed_study_reports_rebuild_from_their_summaries
-    reports them) rather than writing an empty table."""
+@pytest.mark.parametrize("suite", ["retinanet", "rpn"])
+def test_an_earlier_recipe_is_titled_by_the_options_that_rebuild_it(tmp_path, suite):
+    """A report titles the summaries of an earlier recipe by what differs from today's configs;
+    those options, passed as --opts, build exactly the configs the runs recorded (their hashes)."""
     from conftest import ROOT
 
     shutil.copytree(os.path.join(ROOT, "results", "trees", suite), tmp_path / "trees" / suite)
-    opts = " ".join(STUDY_OPTS[suite][1:]).replace("[0.3, 0.7]", "'[0.3, 0.7]'")
-    with pytest.raises(SystemExit, match=rf"nothing to report \({runs} stale: .*study's: --opts {re.escape(opts)}\)"):
-        ablate.main(["--suite", suite, "--dataset", "trees", "--report", "--results", str(tmp_path)])
+    report = ["--suite", suite, "--dataset", "trees", "--report", "--results", str(tmp_path)]
+    ablate.main(report)
+    md = (tmp_path / "trees" / suite / "results.md").read_text()
+    (title,) = re.findall(r"options `([^`]*)`", md)  # one earlier recipe, no run of today's
+    assert "shipped configs" not in md
+    opts = [x for kv in re.findall(r"(\S+) (\[[^\]]*\]|\S+)", title) for x in kv]  # KEY VALUE, lists whole
+    ablate.main(report + ["--opts", *opts])
+    md = (tmp_path / "trees" / suite / "results.md").read_text()
+    assert "the shipped configs" in md and "options `" not in md  # every run current under those options
 
 
 def test_an_identical_run_of_another_suite_is_not_trained_again(tmp_path, capsys, monkeypatch):

@@ -1,0 +1,1 @@
+"""Command-line tools: thin modules over the library (``python -m focal_rpn.tools.<name>``)."""
