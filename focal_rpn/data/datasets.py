@@ -5,6 +5,7 @@ from typing import Callable, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from . import deeppcb
 from .synthetic import CLASS_NAMES as SYNTHETIC_CLASSES, prepare_synthetic
 from .trees import CLASS_NAMES as TREES_CLASSES, prepare_trees
 
@@ -16,6 +17,10 @@ _DATASETS = {
     "synthetic_train": (prepare_synthetic, "train", SYNTHETIC_CLASSES),
     "synthetic_val": (prepare_synthetic, "val", SYNTHETIC_CLASSES),
 }
+# Datasets read from $DETECTRON2_DATASETS: name -> (loader, the function that finds the data or
+# raises an error naming where it looked and where the dataset comes from, class names)
+_EXTERNAL = {name: (lambda split=name: deeppcb.load_deeppcb(split), deeppcb.deeppcb_root, deeppcb.CLASS_NAMES)
+             for name in deeppcb.SPLITS}
 
 
 def _loader(name: str, prepare: Callable[[str], Tuple[str, str]], split: str):
@@ -33,24 +38,33 @@ def _loader(name: str, prepare: Callable[[str], Tuple[str, str]], split: str):
 
 
 def register_all() -> None:
-    """Registers trees_train, trees_train_overlap, trees_val, synthetic_train and synthetic_val (lazily built)."""
+    """Registers trees_*, synthetic_* (built on first use) and deeppcb_* (read from
+    $DETECTRON2_DATASETS on first use)."""
     for name, (prepare, split, classes) in _DATASETS.items():
         if name in DatasetCatalog.list():
             continue
         DatasetCatalog.register(name, _loader(name, prepare, split))
         MetadataCatalog.get(name).set(thing_classes=list(classes), evaluator_type="coco")
+    for name, (load, _, classes) in _EXTERNAL.items():
+        if name not in DatasetCatalog.list():
+            DatasetCatalog.register(name, load)
+            # "deeppcb": COCO's AP and the dataset's own measure (Trainer.build_evaluator)
+            MetadataCatalog.get(name).set(thing_classes=list(classes), evaluator_type="deeppcb")
 
 
 def check_dataset(name: str) -> None:
     """Raises a clear error if dataset ``name`` is unknown or its files are not where expected."""
     if name not in DatasetCatalog.list():
         raise KeyError(
-            f"Dataset '{name}' is not registered. focal_rpn registers: {', '.join(_DATASETS)}; "
+            f"Dataset '{name}' is not registered. focal_rpn registers: {', '.join([*_DATASETS, *_EXTERNAL])}; "
             "Detectron2 registers the COCO/LVIS/VOC/Cityscapes splits (e.g. coco_2017_train). "
             "The configs in configs/trees/ work offline on the embedded trees photographs."
         )
     meta = MetadataCatalog.get(name)
     if name in _DATASETS:
+        return
+    if name in _EXTERNAL:
+        _EXTERNAL[name][1]()  # raises, naming where it looked and where to get the data
         return
     missing = [p for p in (getattr(meta, "json_file", None), getattr(meta, "image_root", None)) if p and not os.path.exists(p)]
     if missing:

@@ -6,8 +6,10 @@ from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import hooks as d2_hooks
 from detectron2.engine import defaults as d2_defaults
-from detectron2.evaluation import COCOEvaluator
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
+from ..evaluation import IoUThresholdEvaluator
 from ..data import CheckedDatasetMapper, build_train_augmentations, check_dataset, ensure_json
 from ..modeling.channels_last import to_channels_last
 from ..modeling.gather_roi_align import use_roi_align
@@ -29,7 +31,8 @@ def create_ddp_model(model, **kwargs):
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer that checks its datasets up front, evaluates with COCOEvaluator, trains
+    """DefaultTrainer that checks its datasets up front, evaluates with COCOEvaluator (and DeepPCB's
+    AP at IoU 0.33 on its splits), trains
     with bfloat16 autocast on a CPU when SOLVER.AMP.ENABLED (Detectron2's AMPTrainer on CUDA), and
     builds channels_last models when MODEL.CHANNELS_LAST, splits per-image work over
     MODEL.IMAGE_THREADS threads, and averages the weights of the schedule's tail when
@@ -78,5 +81,8 @@ class Trainer(DefaultTrainer):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         # COCO's AP counts at most 100 detections per image; an aerial photograph holds hundreds
         # of objects, so the limit follows TEST.DETECTIONS_PER_IMAGE (100, COCO's, by default).
-        return COCOEvaluator(dataset_name, output_dir=output_folder,
-                             max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+        coco = COCOEvaluator(dataset_name, output_dir=output_folder, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+        if MetadataCatalog.get(dataset_name).get("evaluator_type") == "deeppcb":
+            # the dataset's own measure (AP at IoU 0.33, F-score) beside COCO's, as its paper reports
+            return DatasetEvaluators([coco, IoUThresholdEvaluator(dataset_name, 0.33, cfg.TEST.DETECTIONS_PER_IMAGE)])
+        return coco
