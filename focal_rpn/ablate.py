@@ -51,6 +51,8 @@ RPN_LAMBDAS = [0.1, 0.3, 1.0, 3.0]
 # The variant every other one of a suite is compared with (paired by seed).
 REFERENCES = {"rpn": "rpn_ce", "retinanet": "gamma_2", "rpn_lambda": "lambda_1"}
 SUITES = tuple(REFERENCES)
+# configs/<dataset>/ holds each dataset's recipes (coco: configs/*_R50*.yaml)
+DATASETS = ("trees", "deeppcb", "coco", "synthetic")
 # Extra options turning a trees config into a seconds-long run on the synthetic shapes.
 SYNTHETIC_OPTS = [
     "DATASETS.TRAIN", "('synthetic_train',)", "DATASETS.TEST", "('synthetic_val',)",
@@ -71,15 +73,16 @@ class Variant(NamedTuple):
 
 def suite_variants(suite: str, dataset: str) -> List[Variant]:
     """Every variant of ``suite`` on ``dataset``."""
-    if dataset not in ("trees", "coco", "synthetic"):
-        raise ValueError(f"--dataset must be trees, coco or synthetic, got {dataset!r}")
+    if dataset not in DATASETS:
+        raise ValueError(f"--dataset must be one of {DATASETS}, got {dataset!r}")
     extra = SYNTHETIC_OPTS if dataset == "synthetic" else []
+    folder = "trees" if dataset == "synthetic" else dataset  # synthetic: the trees configs, shrunk
 
     def frcnn(v):
-        return f"configs/faster_rcnn_R50_{v}.yaml" if dataset == "coco" else f"configs/trees/{v}.yaml"
+        return f"configs/faster_rcnn_R50_{v}.yaml" if dataset == "coco" else f"configs/{folder}/{v}.yaml"
 
     if suite == "retinanet":
-        cfg = "configs/retinanet_R50.yaml" if dataset == "coco" else "configs/trees/retinanet.yaml"
+        cfg = "configs/retinanet_R50.yaml" if dataset == "coco" else f"configs/{folder}/retinanet.yaml"
         return [Variant(name, cfg, opts + extra) for name, opts in RETINANET_VARIANTS.items()]
     if suite == "rpn":
         return [Variant(v, frcnn(v), list(extra)) for v in RPN_VARIANTS]
@@ -184,7 +187,7 @@ def run_dir(out: str, suite: str, dataset: str, variant: str, seed: int) -> str:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", required=True, choices=SUITES)
-    ap.add_argument("--dataset", default="trees", choices=["trees", "coco", "synthetic"])
+    ap.add_argument("--dataset", default="trees", choices=DATASETS)
     ap.add_argument("--seeds", type=int, default=1, help="runs per variant, with seeds 0..N-1")
     ap.add_argument("--num-gpus", type=int, default=1, help="local launcher: processes per run (CPU: gloo workers)")
     ap.add_argument("--variants", nargs="*", help="only these variants")

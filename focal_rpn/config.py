@@ -39,19 +39,6 @@ def add_focal_rpn_config(cfg):
     # Initial object probability of every anchor (bias init of the objectness logits).
     _C.MODEL.FOCAL_RPN.PRIOR_PROB = 0.01
 
-    # Norm after each hidden conv of the RPN head ("" none, "GN", "BN", ...): read by
-    # RPN.HEAD_NAME "NormRPNHead" and "SoftmaxRPNHead". Detectron2's StandardRPNHead has no norm;
-    # from scratch a deeper plain head (RPN.CONV_DIMS [-1, -1]) trained worse on trees.
-    _C.MODEL.RPN.NORM = ""
-    # Norm between each FC of the box head and its ReLU ("" none, "GN"): read by
-    # ROI_BOX_HEAD.NAME "NormFCBoxHead". Detectron2's FastRCNNConvFCHead normalises only its convs
-    # (ROI_BOX_HEAD.NORM); GN works per RoI, so training and test RoIs are normalised alike.
-    _C.MODEL.ROI_BOX_HEAD.FC_NORM = ""
-    # The box head's features are pooled from each RoI enlarged about its centre by this factor
-    # (1: the RoI itself), so that the classifier sees whether an object goes on past the RoI's
-    # edges. Read by META_ARCHITECTURE "FocalFasterRCNN" (any ROI heads).
-    _C.MODEL.ROI_BOX_HEAD.CONTEXT_SCALE = 1.0
-
     # ---- OHEM ROI heads (ROI_HEADS.NAME "OHEMROIHeads") ----
     _C.MODEL.OHEM = CN()
     # RoIs kept per image after NMS over RoIs scored by their loss.
@@ -66,10 +53,6 @@ def add_focal_rpn_config(cfg):
     _C.MODEL.ROI_BOX_HEAD.FOCAL_GAMMA = 2.0
     # < 0: no class weighting; a float: foreground classes α, background 1 - α.
     _C.MODEL.ROI_BOX_HEAD.FOCAL_ALPHA = -1.0
-    # [lo, hi]: FocalROIHeads' classifier (one class, FOCAL_GAMMA 0) is trained on soft targets
-    # t = clamp((IoU - lo) / (hi - lo), 0, 1) of each RoI's IoU with its matched box instead of
-    # the hard IoU >= 0.5 label; []: hard labels.
-    _C.MODEL.ROI_BOX_HEAD.IOU_TARGETS = []
 
     # ---- Narrow ResNet-FPN backbone (BACKBONE.NAME "build_narrow_resnet_fpn_backbone") ----
     _C.MODEL.NARROW_RESNET = CN()

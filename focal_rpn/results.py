@@ -41,9 +41,7 @@ SWITCHED_OFF_NODES = ("SOLVER.WEIGHT_AVERAGE",)
 
 # Keys added after runs were made, left out of the hash while they hold the value that builds what
 # those runs built (their default): such a run is the run as it was before the key existed.
-ADDED_KEYS = {"MODEL.RPN.NORM": "", "MODEL.ROI_BOX_HEAD.FC_NORM": "",
-              "MODEL.ROI_BOX_HEAD.CONTEXT_SCALE": 1.0, "MODEL.ROI_BOX_HEAD.IOU_TARGETS": [],
-              "MODEL.ROI_ALIGN_IMPL": "torchvision"}
+ADDED_KEYS = {"MODEL.ROI_ALIGN_IMPL": "torchvision"}
 
 
 def _parent(cfg, key: str):

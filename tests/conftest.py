@@ -7,6 +7,10 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# The shared datasets (DeepPCB, BCCD) of developer machines and CI, as Detectron2 finds datasets
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+if "DETECTRON2_DATASETS" not in os.environ and os.path.isdir(SHARED_DATA):
+    os.environ["DETECTRON2_DATASETS"] = SHARED_DATA
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
@@ -15,6 +19,15 @@ def load_repo_config(path="configs/synthetic/retinanet.yaml", *opts):
     from focal_rpn.config import load_config
 
     return load_config(os.path.join(ROOT, path), opts, freeze=False)
+
+
+def needs_dataset(root_check):
+    """Skips the calling test, with the loader's own message (where it looked, where to get the
+    data), when ``root_check()`` cannot find the dataset."""
+    try:
+        return root_check()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture

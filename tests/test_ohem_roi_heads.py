@@ -1,5 +1,4 @@
 """OHEMROIHeads and FocalROIHeads on hand-built cases and short trainings."""
-import math
 
 import pytest
 import torch
@@ -122,44 +121,3 @@ def test_roi_ranking_loss_is_the_trained_loss(make_cfg, loss_type):
         reference = heads.box_predictor.losses(predictions, [labelled])
     assert per_roi.shape == (len(labelled),)
     torch.testing.assert_close(per_roi.mean(), reference["loss_cls"] + reference["loss_box_reg"])
-
-
-def test_iou_targets_by_hand(make_cfg):
-    """MODEL.ROI_BOX_HEAD.IOU_TARGETS [0.3, 0.7]: soft cross-entropy with object targets from each
-    RoI's IoU with its matched box, computed here by hand in float64."""
-    cfg = make_cfg(TREES, "MODEL.ROI_HEADS.NAME", "FocalROIHeads", "MODEL.ROI_BOX_HEAD.FOCAL_GAMMA", "0.0",
-                   "MODEL.ROI_BOX_HEAD.IOU_TARGETS", "[0.3, 0.7]")
-    pred = build_model(cfg).roi_heads.box_predictor
-    gt = torch.tensor([[0.0, 0, 10, 10]] * 4)
-    # IoUs with the 10x10 box: 1, 0.5 (10x5 inside), 0.25 (5x5 inside), 0 (disjoint)
-    rois = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [0, 0, 5, 5], [20, 20, 30, 30]])
-    targets = [1.0, 0.5, 0.0, 0.0]  # clamp((IoU - 0.3) / 0.4, 0, 1)
-    scores = torch.tensor([[2.0, -1.0], [0.5, 0.3], [-1.0, 1.0], [0.0, 3.0]])
-    p = Instances((64, 64), proposal_boxes=Boxes(rois), gt_boxes=Boxes(gt),
-                  gt_classes=torch.tensor([0, 0, 1, 1]))
-    with EventStorage():
-        out = pred.losses((scores, torch.zeros(4, 4)), [p])
-    by_hand = 0.0
-    for (a, b), t in zip(scores.tolist(), targets):
-        p_obj = math.exp(a) / (math.exp(a) + math.exp(b))
-        by_hand -= t * math.log(p_obj) + (1 - t) * math.log(1 - p_obj)
-    assert out["loss_cls"].item() == pytest.approx(by_hand / 4, rel=1e-6)
-
-
-@pytest.mark.parametrize("opts, message", [
-    (("MODEL.ROI_BOX_HEAD.IOU_TARGETS", "[0.7, 0.3]"), "must be \\[lo, hi\\]"),
-    (("MODEL.ROI_BOX_HEAD.IOU_TARGETS", "[0.3, 0.7]", "MODEL.ROI_BOX_HEAD.FOCAL_GAMMA", "2.0"), "FOCAL_GAMMA 0"),
-])
-def test_iou_targets_refuse_what_they_cannot_do(make_cfg, opts, message):
-    cfg = make_cfg(TREES, "MODEL.ROI_HEADS.NAME", "FocalROIHeads", "MODEL.ROI_BOX_HEAD.FOCAL_GAMMA", "0.0", *opts)
-    with pytest.raises(ValueError, match=message):
-        build_model(cfg)
-
-
-def test_iou_targets_need_one_class(make_cfg):
-    """A background RoI's matched class is not kept, so soft targets cannot say of what it is a near miss."""
-    cfg = make_cfg(SYNTH, "MODEL.ROI_HEADS.NAME", "FocalROIHeads", "MODEL.ROI_BOX_HEAD.FOCAL_GAMMA", "0.0",
-                   "MODEL.ROI_BOX_HEAD.IOU_TARGETS", "[0.3, 0.7]")
-    message = "NUM_CLASSES 1"
-    with pytest.raises(ValueError, match=message):
-        build_model(cfg)

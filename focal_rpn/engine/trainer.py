@@ -14,7 +14,6 @@ from ..data import CheckedDatasetMapper, build_train_augmentations, check_datase
 from ..modeling.channels_last import to_channels_last
 from ..modeling.gather_roi_align import use_roi_align
 from ..modeling.image_threads import split_images
-from ..modeling.norm_keys import check_norm_keys
 from .autocast import amp_trainer
 from .checkpoint import CheckedCheckpointer
 from .weight_average import WeightAverage
@@ -58,7 +57,6 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        check_norm_keys(cfg)
         model = super().build_model(cfg)
         if cfg.MODEL.CHANNELS_LAST:
             to_channels_last(model)

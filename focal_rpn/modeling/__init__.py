@@ -4,12 +4,10 @@ from .focal_faster_rcnn import FocalFasterRCNN
 from .focal_retinanet import FocalRetinaNet
 from .focal_roi_heads import FocalROIHeads
 from .focal_rpn import FocalRPN
-from .norm_fc_box_head import NormFCBoxHead
-from .norm_rpn_head import NormRPNHead
 from .ohem_roi_heads import OHEMROIHeads
 from .softmax_rpn_head import SoftmaxRPNHead
 
 __all__ = [
-    "FocalFasterRCNN", "FocalRetinaNet", "FocalROIHeads", "FocalRPN", "NormFCBoxHead", "NormRPNHead", "OHEMROIHeads", "SoftmaxRPNHead",
+    "FocalFasterRCNN", "FocalRetinaNet", "FocalROIHeads", "FocalRPN", "OHEMROIHeads", "SoftmaxRPNHead",
     "build_narrow_resnet_fpn_backbone",
 ]

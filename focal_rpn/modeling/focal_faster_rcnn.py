@@ -6,8 +6,6 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import pairwise_iou
 from detectron2.utils.events import get_event_storage
 
-from .context_pooler import ContextPooler
-
 
 @META_ARCH_REGISTRY.register()
 class FocalFasterRCNN(GeneralizedRCNN):
@@ -17,24 +15,16 @@ class FocalFasterRCNN(GeneralizedRCNN):
       at IoU ≥ 0.5 by the training proposals;
     - in inference, returns each image's proposals beside its detections
       (``{"instances", "proposals"}``), so that COCOEvaluator also reports the RPN's AR@100 and
-      AR@1000 (all, small, medium, large) as ``box_proposals/...``;
-    - with ``box_context`` != 1 (MODEL.ROI_BOX_HEAD.CONTEXT_SCALE), pools every ROI heads' box
-      features from the boxes enlarged by that factor (:class:`ContextPooler`).
+      AR@1000 (all, small, medium, large) as ``box_proposals/...``.
     """
 
     @configurable
-    def __init__(self, *, box_context: float = 1.0, **kwargs):
-        """Takes what :class:`GeneralizedRCNN` takes, and ``box_context``."""
+    def __init__(self, **kwargs):
+        """Takes what :class:`GeneralizedRCNN` takes."""
         super().__init__(**kwargs)
-        if box_context != 1.0:
-            self.roi_heads.box_pooler = ContextPooler(self.roi_heads.box_pooler, box_context)
         self._last_proposals = None
         if self.proposal_generator is not None:
             self.proposal_generator.register_forward_hook(self._on_proposals)
-
-    @classmethod
-    def from_config(cls, cfg):
-        return {**super().from_config(cfg), "box_context": cfg.MODEL.ROI_BOX_HEAD.CONTEXT_SCALE}
 
     def _on_proposals(self, module, inputs, outputs):
         proposals = outputs[0]
