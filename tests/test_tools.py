@@ -326,9 +326,11 @@ def test_a_key_added_later_keeps_earlier_runs_current_at_its_default(key):
     assert config_sha256(cfg) != today
 
 
-# The committed trees suites (folder, suite): each ran an earlier recipe than today's configs.
-_REPORTS = [("results", suite) for suite in ("rpn", "retinanet", "rpn_lambda")] + [
-    (os.path.join("results", "trees", "tuning", "bs4_gather"), "rpn")]
+# The committed trees suites (results root, suite): the shipped recipes' and the earlier ones'.
+_REPORTS = [("results", "rpn"), ("results", "retinanet"), (os.path.join("results", "earlier", "float32"), "retinanet"),
+            (os.path.join("results", "earlier", "rpn_iou07_float32"), "rpn"),
+            (os.path.join("results", "earlier", "rpn_iou07_float32"), "rpn_lambda"),
+            (os.path.join("results", "earlier", "it650"), "rpn")]
 
 
 @pytest.mark.parametrize("results_dir, suite", _REPORTS)
@@ -348,13 +350,13 @@ def test_committed_study_reports_rebuild_from_their_summaries(results_dir, suite
         assert (tmp_path / "trees" / suite / "results.md").read_text() == f.read()
 
 
-@pytest.mark.parametrize("suite", ["retinanet", "rpn"])
-def test_an_earlier_recipe_is_titled_by_the_options_that_rebuild_it(tmp_path, suite):
+@pytest.mark.parametrize("folder, suite", [("float32", "retinanet"), ("rpn_iou07_float32", "rpn")])
+def test_an_earlier_recipe_is_titled_by_the_options_that_rebuild_it(tmp_path, folder, suite):
     """A report titles the summaries of an earlier recipe by what differs from today's configs;
     those options, passed as --opts, build exactly the configs the runs recorded (their hashes)."""
     from conftest import ROOT
 
-    shutil.copytree(os.path.join(ROOT, "results", "trees", suite), tmp_path / "trees" / suite)
+    shutil.copytree(os.path.join(ROOT, "results", "earlier", folder, "trees", suite), tmp_path / "trees" / suite)
     report = ["--suite", suite, "--dataset", "trees", "--report", "--results", str(tmp_path)]
     ablate.main(report)
     md = (tmp_path / "trees" / suite / "results.md").read_text()
