@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml scripts/setup_venv.sh
 
 demo: $(STAMP)
 	$(PY) train_net.py --config-file configs/trees/retinanet.yaml OUTPUT_DIR $(DEMO_OUT)
-	$(PY) -m focal_rpn.visualize --config-file configs/trees/retinanet.yaml --dataset trees_val --eval-view \
+	$(PY) -m focal_rpn.tools.visualize --config-file configs/trees/retinanet.yaml --dataset trees_val --eval-view \
 		--output $(DEMO_OUT)/predictions MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
 
 test: $(STAMP)

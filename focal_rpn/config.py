@@ -74,7 +74,7 @@ def add_focal_rpn_config(cfg):
     # same results as 1; on 2 cores the trees Faster R-CNN step is faster (README, Performance).
     _C.MODEL.IMAGE_THREADS = 1
     # RoIAlign's implementation on a CPU: "torchvision" (Detectron2's layer) or "gather" (the same
-    # sampling as a weighted gather and its sparse transpose, focal_rpn/modeling/gather_roi_align.py;
+    # sampling as a weighted gather and its sparse transpose, focal_rpn/layers/gather_roi_align.py;
     # the same outputs and gradients to float rounding; 0.87x the trees Faster R-CNN training step,
     # where torchvision's scalar-loop backward was the largest kernel). Inference and GPUs keep
     # torchvision's kernel.
@@ -116,17 +116,33 @@ def is_retinanet(cfg) -> bool:
     return "RetinaNet" in cfg.MODEL.META_ARCHITECTURE
 
 
-def load_config(config_file: str, opts=(), freeze: bool = True):
+def num_classes_key(cfg) -> str:
+    """The config key that sets the detector's number of classes for this meta-architecture."""
+    return "MODEL.RETINANET.NUM_CLASSES" if is_retinanet(cfg) else "MODEL.ROI_HEADS.NUM_CLASSES"
+
+
+def model_num_classes(cfg) -> int:
+    """The number of classes the model of ``cfg`` predicts."""
+    return cfg.MODEL.RETINANET.NUM_CLASSES if is_retinanet(cfg) else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+
+
+def load_config(config_file: str, opts=(), freeze: bool = True, check_datasets=None):
     """Detectron2's defaults + focal_rpn's keys, then ``config_file`` and ``opts`` (KEY VALUE ...).
-    Registers DATASETS.REGISTER and checks the class count of the config's datasets."""
+    Registers DATASETS.REGISTER (here, so that every tool and every launch() worker has them) and
+    checks that the datasets ``check_datasets`` (default: DATASETS.TRAIN and TEST) have as many
+    classes as the model; inference tools pass only the datasets they read."""
     from detectron2.config import get_cfg
+
+    from .data.user_datasets import check_class_count, register_dataset
 
     cfg = add_focal_rpn_config(get_cfg())
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
-    from .data.user_datasets import register_from_config
-
-    register_from_config(cfg)  # here, so that every tool and every launch() worker has them
+    for spec in cfg.DATASETS.REGISTER:
+        register_dataset(spec)
+    key = num_classes_key(cfg)
+    check_class_count(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST) if check_datasets is None else check_datasets,
+                      model_num_classes(cfg), key)
     if freeze:
         cfg.freeze()
     return cfg

@@ -1,4 +1,4 @@
-"""`focal_rpn.ablate --launcher submitit` with submitit's local executor (no SLURM needed): runs as
+"""`focal_rpn.tools.ablate --launcher submitit` with submitit's local executor (no SLURM needed): runs as
 separate processes, a preempted job requeued and resumed, a killed job resubmitted and resumed, and
 the report of those runs the same as of the local launcher's."""
 import json
@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from focal_rpn import ablate, cluster
-
+from focal_rpn.tools import ablate
+from focal_rpn.study import slurm as cluster
+from focal_rpn.study import suites
 # 12 iterations with a checkpoint every 4: a job can be stopped after its first checkpoint.
 # float32: the launchers' runs of one config are compared bit for bit below; in bf16 (the trees
 # RetinaNet recipe's default since #13) a fresh-clone CI run once saw a submitit and a local run of
@@ -198,7 +199,7 @@ def test_a_multi_node_job_launches_every_node_with_the_first_nodes_address(tmp_p
 
     monkeypatch.setattr(submitit, "JobEnvironment", Env)
     monkeypatch.setattr(detectron2.engine, "launch", lambda main, n, **kw: calls.append((n, kw)))
-    variant = ablate.suite_variants("rpn", "coco")[0]
+    variant = suites.suite_variants("rpn", "coco")[0]
     summary = tmp_path / "seed0.json"
     run = cluster.StudyRun(variant, 0, [], str(tmp_path / "run"), str(summary), gpus_per_node=8, nodes=2)
     assert run() is None and not summary.exists()

@@ -1,12 +1,10 @@
-"""`python -m focal_rpn.compare`: paired seeds across arbitrary folders of run summaries, checked
+"""`python -m focal_rpn.tools.compare`: paired seeds across arbitrary folders of run summaries, checked
 on hand-made numbers (t quantiles from statistical tables), and its refusals of bad folders."""
 import json
 
 import pytest
 
-from focal_rpn import compare
-
-
+from focal_rpn.tools import compare
 def _write(folder, seed, ap50, variant="gamma_2", iterations=650):
     folder.mkdir(parents=True, exist_ok=True)
     summary = {"variant": variant, "seed": seed, "iterations": iterations, "s_per_iter": 0.5,

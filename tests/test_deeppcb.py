@@ -39,11 +39,11 @@ def _fake_root(tmp_path, lines):
 
 def test_spaces_or_commas_clipped_and_dropped_boxes_counted(tmp_path, caplog):
     root = _fake_root(tmp_path, ["1 2 11 12 1", "10,10,20,30,6", "50 40 70 60 3", "5 5 5 9 2", ""])
-    with caplog.at_level(logging.WARNING, logger="focal_rpn.data.deeppcb"):
+    with caplog.at_level(logging.WARNING, logger="focal_rpn.data.coco_json"):
         (d,) = deeppcb.load_deeppcb("deeppcb_test", root)
     boxes = [(a["bbox"], a["category_id"]) for a in d["annotations"]]
     assert boxes == [([1, 2, 11, 12], 0), ([10, 10, 20, 30], 5), ([50, 40, 64, 48], 2)]
-    assert "1 box(es) clipped to the image, 1 degenerate box(es) dropped" in caplog.text
+    assert "00000001.txt: 1 box(es) clipped to the 64x48 image, 1 empty or degenerate box(es) dropped" in caplog.text
 
 
 @pytest.mark.parametrize("line, why", [("1 2 3 4", "expected 5 fields"), ("1 2 3 4 7", "class 7"),

@@ -33,8 +33,7 @@ def test_results_pages_are_what_the_tool_writes(dataset, tmp_path):
     with one command and no options."""
     from focal_rpn.tools import results_page
 
-    for name in ("results", "configs"):
-        shutil.copytree(os.path.join(ROOT, name), tmp_path / name)
+    shutil.copytree(os.path.join(ROOT, "results"), tmp_path / "results")
     (tmp_path / "docs" / "results").mkdir(parents=True)
     page = os.path.join(ROOT, "docs", "results", f"{dataset}.md")
     if os.path.isfile(page):

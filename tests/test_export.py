@@ -1,10 +1,13 @@
-"""focal_rpn.export: TorchScript files that reload and detect what the eager model detects."""
+"""focal_rpn.tools.export: TorchScript files that reload and detect what the eager model detects."""
 import os
+import re
+import subprocess
+import sys
 
 import torch
 from detectron2.data import DatasetCatalog, detection_utils as utils
 
-from focal_rpn import export
+from focal_rpn.tools import export
 from focal_rpn.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +27,13 @@ def test_export_retinanet_reloads_and_matches(trained, tmp_path, capsys):
     assert boxes.shape[1] == 4 and len(boxes) == len(scores) == len(classes)
     assert (boxes[:, 2] <= 120 + 1e-3).all() and (boxes[:, 3] <= 100 + 1e-3).all()
     assert cfg.MODEL.META_ARCHITECTURE == "FocalRetinaNet"
+    # the usage page's lines, as written, in a fresh interpreter (no focal_rpn or detectron2 imported)
+    with open(os.path.join(ROOT, "docs", "usage.md")) as f:
+        (snippet,) = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    snippet = snippet.replace('"model.ts"', repr(str(tmp_path / "m.ts"))).replace('"photo.png"', repr(path))
+    p = subprocess.run([sys.executable, "-c", snippet + "\nprint(len(boxes), tuple(image_size))"],
+                       capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
 
 
 def test_export_faster_rcnn(tmp_path):

@@ -9,7 +9,7 @@ from torchvision.ops import roi_align
 
 from focal_rpn.config import load_config
 from focal_rpn.engine import Trainer
-from focal_rpn.modeling.gather_roi_align import GatherROIAlign, gather_roi_align, use_roi_align
+from focal_rpn.layers.gather_roi_align import GatherROIAlign, gather_roi_align, use_roi_align
 
 from test_image_threads import _rois
 
@@ -142,7 +142,7 @@ def test_training_step_matches_torchvision(make_cfg):
 
 
 def test_model_with_gather_pickles_and_the_key_enters_the_hash(make_cfg, tmp_path):
-    from focal_rpn.results import config_sha256
+    from focal_rpn.study.summaries import config_sha256
 
     cfg = make_cfg("configs/synthetic/faster_rcnn.yaml", "MODEL.ROI_ALIGN_IMPL", "gather")
     model = Trainer.build_model(cfg)

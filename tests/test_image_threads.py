@@ -8,7 +8,7 @@ from detectron2.layers import ROIAlign
 from detectron2.utils.events import EventStorage
 
 from focal_rpn.engine import Trainer
-from focal_rpn.modeling.image_threads import ImageThreadsROIAlign, image_ranges, run_by_image
+from focal_rpn.layers.image_threads import ImageThreadsROIAlign, image_ranges, run_by_image
 
 
 def _rois(n_images, per_image, size, generator):
@@ -137,7 +137,7 @@ def test_image_threads_rejects_zero(make_cfg):
 
 
 def test_config_hash_ignores_image_threads(make_cfg):
-    from focal_rpn.results import config_sha256
+    from focal_rpn.study.summaries import config_sha256
 
     cfg = make_cfg("configs/synthetic/faster_rcnn.yaml")
     before = config_sha256(cfg)

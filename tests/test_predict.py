@@ -1,4 +1,4 @@
-"""focal_rpn.predict: windows, merging across window borders, and the command line."""
+"""focal_rpn.tools.predict: windows, merging across window borders, and the command line."""
 import csv
 import json
 import os
@@ -9,9 +9,8 @@ import torch
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 
-from focal_rpn import predict
-
-
+from conftest import ROOT
+from focal_rpn.tools import predict
 def test_windows_cover_the_image_with_the_overlap():
     wins = predict.windows(2000, 3000, 1024, 256)
     cover = np.zeros((2000, 3000), dtype=int)
@@ -112,7 +111,7 @@ def test_predict_draws_the_evaluation_view_where_ground_truth_exists(trained, tm
     dets = [d for d in json.loads((tmp_path / "out" / "detections.json").read_text())
             if d["image_id"] == 1 and d["score"] >= 0.1]
     assert tp + missed == len(gt_boxes) and tp + fp == len(dets)
-    from focal_rpn.visualize import EVAL_COLORS
+    from focal_rpn.tools.visualize import EVAL_COLORS
     drawn = np.asarray(Image.open(tmp_path / "out" / "annotated.png"))
     x, y, w, h = gt_boxes[1]  # its left edge is drawn as missed, or a matched detection is drawn near it
     colours = {tuple(c) for c in drawn[y + 5:y + h - 5, x - 3:x + 4].reshape(-1, 3)}
@@ -122,3 +121,27 @@ def test_predict_draws_the_evaluation_view_where_ground_truth_exists(trained, tm
     with pytest.raises(KeyError, match="--gt nowhere"):
         predict.main(["--config-file", "configs/synthetic/retinanet.yaml", "--input", str(tmp_path / "other.png"),
                       "--output", str(tmp_path / "out2"), "--gt", "nowhere", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth")])
+
+
+def test_a_model_of_another_class_count_than_the_configs_datasets(tmp_path):
+    """The usage page's predict example for a 3-class model: the trees config's training dataset
+    (1 class) is not read, so it does not block inference; names come from --class-names."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from focal_rpn.config import load_config
+
+    opts = ["MODEL.RETINANET.NUM_CLASSES", "3", "MODEL.DEVICE", "cpu"]
+    cfg = load_config(os.path.join(ROOT, "configs/trees/retinanet.yaml"), opts, check_datasets=[])
+    torch.manual_seed(0)
+    torch.save({"model": build_model(cfg).state_dict()}, tmp_path / "w.pth")
+    Image.fromarray(np.full((96, 128, 3), 127, np.uint8)).save(tmp_path / "photo.png")
+    predict.main(["--config-file", os.path.join(ROOT, "configs/trees/retinanet.yaml"), "--input",
+                  str(tmp_path / "photo.png"), "--output", str(tmp_path / "out"), "--class-names", "a,b,c",
+                  "--score-thresh", "0", "MODEL.WEIGHTS", str(tmp_path / "w.pth"), *opts])
+    rows = (tmp_path / "out" / "detections.csv").read_text().splitlines()
+    assert rows[0] == "image,x1,y1,x2,y2,score,label" and {r.rsplit(",", 1)[1] for r in rows[1:]} <= {"a", "b", "c"}
+    with pytest.raises(ValueError, match="2 names for a model of 3 classes"):
+        predict.main(["--config-file", os.path.join(ROOT, "configs/trees/retinanet.yaml"), "--input",
+                      str(tmp_path / "photo.png"), "--output", str(tmp_path / "out2"), "--class-names", "a,b",
+                      "MODEL.WEIGHTS", str(tmp_path / "w.pth"), *opts])

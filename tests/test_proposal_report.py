@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from focal_rpn import proposal_report as pr
-
-
+from focal_rpn.tools import proposal_report as pr
 def _coco_ap50(images):
     """pycocotools' AP at IoU 0.5, one category, every detection counted."""
     from pycocotools.coco import COCO

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from focal_rpn.stats import mean_ci, paired_difference, t_quantile, verdict
+from focal_rpn.study.stats import mean_ci, paired_difference, t_quantile, verdict
 
 # Two-sided 95% Student-t quantiles from printed tables (e.g. NIST/SEMATECH e-Handbook, 1.3.6.7.2).
 T_TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 10: 2.228, 30: 2.042, 100: 1.984}
@@ -57,7 +57,7 @@ def test_pairing_resolves_what_unpaired_intervals_cannot():
 
 
 def test_generated_reading_of_hand_made_differences():
-    from focal_rpn.results import reading
+    from focal_rpn.study.summaries import reading
 
     ref = {0: 25.0, 1: 25.5, 2: 27.0}
     diffs = {

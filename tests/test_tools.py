@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from focal_rpn import ablate, loss_cdf, visualize
-
+from focal_rpn.study import runner, suites, summaries
+from focal_rpn.tools import ablate
+from focal_rpn.tools import loss_cdf
+from focal_rpn.tools import visualize
 FAST = ["SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100"]
 
 
@@ -29,7 +31,7 @@ def test_rpn_suite_on_synthetic(tmp_path, capsys):
     args = ["--suite", "rpn", "--dataset", "synthetic", "--out", str(tmp_path / "runs"), "--results", str(res)]
     ablate.main(args + ["--opts", *FAST])
     summaries = _summaries(res, "rpn")
-    assert sorted(summaries) == sorted((v, "seed0.json") for v in ablate.RPN_VARIANTS)
+    assert sorted(summaries) == sorted((v, "seed0.json") for v in suites.RPN_VARIANTS)
     s = summaries[("rpn_ce", "seed0.json")]
     assert {"seed", "iterations", "s_per_iter", "peak_rss_mb", "config_sha256", "git_commit"} <= set(s)
     assert s["iterations"] == 2 and s["peak_rss_mb"] > 100 and len(s["config_sha256"]) == 64
@@ -43,7 +45,7 @@ def test_rpn_suite_on_synthetic(tmp_path, capsys):
     assert (res / "synthetic" / "rpn" / "results.png").stat().st_size > 0
     capsys.readouterr()
     ablate.main(args + ["--opts", *FAST])  # a second call trains nothing
-    assert capsys.readouterr().out.count("summary exists, skipped") == len(ablate.RPN_VARIANTS)
+    assert capsys.readouterr().out.count("summary exists, skipped") == len(suites.RPN_VARIANTS)
 
 
 def test_retinanet_suite_seeds_report_and_stale_runs(tmp_path, capsys):
@@ -86,7 +88,7 @@ def test_runs_with_opts_never_write_the_shipped_configs_summaries(tmp_path, monk
                                     "--opts", *FAST])
     assert args.results == str(tmp_path / "runs" / "results")
     args, _, _ = ablate.parse_args(["--suite", "rpn", "--dataset", "synthetic"])
-    assert args.results == os.path.join(ablate.ROOT, "results")
+    assert args.results == suites.default_results()
 
 
 def test_a_failed_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys, monkeypatch):
@@ -105,8 +107,8 @@ def test_a_failed_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys, monkey
     assert "Failed runs" in md and "- ce seed 0: " in md
     capsys.readouterr()
     trained = []
-    monkeypatch.setattr(ablate, "run_one", lambda v, seed, opts, *a: trained.append(v.name) or {
-        "variant": v.name, "seed": seed, "config_sha256": ablate.results.config_sha256(ablate.run_config(v, seed, opts)),
+    monkeypatch.setattr(runner, "run_one", lambda v, seed, opts, *a: trained.append(v.name) or {
+        "variant": v.name, "seed": seed, "config_sha256": summaries.config_sha256(suites.run_config(v, seed, opts)),
         "failed": {"cause": "E", "iteration": 1, "log": "l"}})
     with pytest.raises(SystemExit, match="1 run"):  # gamma_2 fails too; ce is not retried
         ablate.main(base + ["--variants", "ce", "gamma_2", *diverge])
@@ -132,8 +134,8 @@ def test_a_locked_run_is_skipped(tmp_path, capsys, monkeypatch):
     try:
         assert holder.stdout.readline().strip() == "None"  # it holds the lock
         trained = []
-        monkeypatch.setattr(ablate, "run_one", lambda *a: trained.append(a))
-        monkeypatch.setattr(ablate, "report", lambda *a: None)
+        monkeypatch.setattr(runner, "run_one", lambda *a: trained.append(a))
+        monkeypatch.setattr(runner, "report", lambda *a: None)
         ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--variants", "ce", "--out",
                      str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--opts", *FAST])
         assert trained == [] and f"being trained by {os.uname().nodename} pid {holder.pid}" in capsys.readouterr().out
@@ -153,13 +155,13 @@ def test_a_broken_summary_is_named(tmp_path):
 
 
 def test_suites_and_references():
-    for suite, ref in ablate.REFERENCES.items():
-        names = [v.name for v in ablate.suite_variants(suite, "trees")]
+    for suite, ref in suites.REFERENCES.items():
+        names = [v.name for v in suites.suite_variants(suite, "trees")]
         assert ref in names
-    lam = ablate.suite_variants("rpn_lambda", "trees")
+    lam = suites.suite_variants("rpn_lambda", "trees")
     assert [v.opts for v in lam] == [["MODEL.FOCAL_RPN.CLS_LOSS_WEIGHT", str(x)] for x in (0.1, 0.3, 1.0, 3.0)]
     assert all(v.config == "configs/trees/rpn_fl_sigmoid.yaml" for v in lam)
-    assert "gamma_0" not in ablate.RETINANET_VARIANTS  # alpha_ce by construction (test_retinanet)
+    assert "gamma_0" not in suites.RETINANET_VARIANTS  # alpha_ce by construction (test_retinanet)
 
 
 def test_loss_cdf_on_a_trained_checkpoint(trained, tmp_path):
@@ -192,7 +194,7 @@ def test_visualize_writes_a_png(trained, tmp_path, capsys):
 
 
 def test_anchor_report_counts(tmp_path, capsys):
-    from focal_rpn import anchor_report
+    from focal_rpn.tools import anchor_report
 
     anchor_report.main(["--config-file", "configs/synthetic/retinanet.yaml", "--output", str(tmp_path)])
     rows = _rows(tmp_path / "anchor_report.csv")
@@ -274,25 +276,25 @@ def test_reevaluate_a_test_time_change_instead_of_training(tmp_path, capsys):
 
 
 def test_a_run_folder_of_another_config_is_set_aside(tmp_path):
-    v = [x for x in ablate.suite_variants("retinanet", "synthetic") if x.name == "gamma_2"][0]
-    cfg = ablate.run_config(v, 0, [])
+    v = [x for x in suites.suite_variants("retinanet", "synthetic") if x.name == "gamma_2"][0]
+    cfg = suites.run_config(v, 0, [])
     run = tmp_path / "seed0"
     run.mkdir()
     (run / "last_checkpoint").write_text("model_final.pth")
     (run / "config.yaml").write_text(cfg.dump())
-    ablate.set_aside_other_training(str(run), ablate.run_config(v, 0, ["MODEL.IMAGE_THREADS", "2"]))
+    runner.set_aside_other_training(str(run), suites.run_config(v, 0, ["MODEL.IMAGE_THREADS", "2"]))
     assert run.is_dir()  # the same training (a result-neutral key aside): resumed, not moved
-    ablate.set_aside_other_training(str(run), ablate.run_config(v, 1, []))  # another seed
+    runner.set_aside_other_training(str(run), suites.run_config(v, 1, []))  # another seed
     assert not run.exists() and (tmp_path / "seed0.stale-1" / "config.yaml").is_file()
     run.mkdir()
     (run / "last_checkpoint").write_text("model_final.pth")  # no config.yaml: cannot be compared
-    ablate.set_aside_other_training(str(run), cfg)
+    runner.set_aside_other_training(str(run), cfg)
     assert (tmp_path / "seed0.stale-2" / "last_checkpoint").is_file()
 
 
 def test_config_differences_split_evaluation_from_training():
     from focal_rpn.config import load_config
-    from focal_rpn.reevaluate import EVAL_ONLY_KEYS, config_differences, flatten_config
+    from focal_rpn.study.reevaluate import EVAL_ONLY_KEYS, config_differences, flatten_config
 
     a = load_config("configs/trees/rpn_ce.yaml", [])
     b = load_config("configs/trees/rpn_ce.yaml", ["MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
@@ -313,7 +315,7 @@ def test_a_key_added_later_keeps_earlier_runs_current_at_its_default(key):
     """Runs made before a key existed hash as today's config with the key at its default (so the
     committed studies stay current); another value is another run."""
     from conftest import load_repo_config
-    from focal_rpn.results import ADDED_KEYS, _parent, config_sha256
+    from focal_rpn.study.summaries import ADDED_KEYS, _parent, config_sha256
 
     assert set(ADDED_KEY_VALUES) == set(ADDED_KEYS)
     cfg = load_repo_config("configs/trees/rpn_ce.yaml")
@@ -372,17 +374,17 @@ def test_an_identical_run_of_another_suite_is_not_trained_again(tmp_path, capsys
     """rpn_lambda's lambda_1 builds the same config as rpn's rpn_fl_sigmoid: its summary is copied."""
     res = tmp_path / "results"
     common = ["--dataset", "synthetic", "--out", str(tmp_path / "runs"), "--results", str(res)]
-    lam1 = next(v for v in ablate.suite_variants("rpn_lambda", "synthetic") if v.name == "lambda_1")
-    sigmoid = next(v for v in ablate.suite_variants("rpn", "synthetic") if v.name == "rpn_fl_sigmoid")
-    sha = ablate.results.config_sha256(ablate.run_config(lam1, 0, FAST))
-    assert sha == ablate.results.config_sha256(ablate.run_config(sigmoid, 0, FAST))
-    assert sha != ablate.results.config_sha256(ablate.run_config(sigmoid, 1, FAST))  # the seed is in it
+    lam1 = next(v for v in suites.suite_variants("rpn_lambda", "synthetic") if v.name == "lambda_1")
+    sigmoid = next(v for v in suites.suite_variants("rpn", "synthetic") if v.name == "rpn_fl_sigmoid")
+    sha = summaries.config_sha256(suites.run_config(lam1, 0, FAST))
+    assert sha == summaries.config_sha256(suites.run_config(sigmoid, 0, FAST))
+    assert sha != summaries.config_sha256(suites.run_config(sigmoid, 1, FAST))  # the seed is in it
     kept = {"variant": "rpn_fl_sigmoid", "seed": 0, "iterations": 2, "s_per_iter": 0.1, "peak_rss_mb": 300.0,
             "wall_s": 5.0, "config_sha256": sha, "git_commit": "abc", "metrics": {"bbox/AP50": 12.5, "bbox/AP": 3.0}}
-    ablate.results.write_summary(str(res / "synthetic" / "rpn" / "rpn_fl_sigmoid" / "seed0.json"), kept)
+    summaries.write_summary(str(res / "synthetic" / "rpn" / "rpn_fl_sigmoid" / "seed0.json"), kept)
     trained = []
-    monkeypatch.setattr(ablate, "run_one", lambda v, seed, *a: trained.append((v.name, seed)) or dict(
-        kept, variant=v.name, seed=seed, config_sha256=ablate.results.config_sha256(ablate.run_config(v, seed, FAST)),
+    monkeypatch.setattr(runner, "run_one", lambda v, seed, *a: trained.append((v.name, seed)) or dict(
+        kept, variant=v.name, seed=seed, config_sha256=summaries.config_sha256(suites.run_config(v, seed, FAST)),
         metrics={"bbox/AP50": 1.0, "bbox/AP": 0.1}))
     ablate.main(["--suite", "rpn_lambda", "--variants", "lambda_1", "lambda_3", "--seeds", "2", *common, "--opts", *FAST])
     assert sorted(trained) == [("lambda_1", 1), ("lambda_3", 0), ("lambda_3", 1)]

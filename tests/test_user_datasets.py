@@ -129,3 +129,67 @@ def test_unreadable_weights_are_named(trained, tmp_path, content):
                           "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(tmp_path / "o"), check=False)
         assert p.returncode != 0
         assert f"MODEL.WEIGHTS {bad}" in p.stderr and "is not a readable checkpoint" in p.stderr, p.stderr[-2000:]
+
+
+def _bccd():
+    """The shared BCCD folder (VOC layout), or a skip saying where to get it."""
+    root = os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "BCCD")
+    if not os.path.isdir(os.path.join(root, "Annotations")):
+        pytest.skip(f"BCCD not found at {root}: get it from https://github.com/Shenggan/BCCD_Dataset "
+                    "(folder BCCD/) into $DETECTRON2_DATASETS/BCCD")
+    return root
+
+
+def test_real_zero_size_voc_boxes_are_dropped_and_counted(tmp_path, caplog):
+    """BCCD's BloodImage_00338.xml and 00343.xml each hold an RBC with xmin == xmax, ymin == ymax."""
+    import logging
+    import shutil
+
+    root = _bccd()
+    for stem in ("BloodImage_00338", "BloodImage_00343"):
+        shutil.copy(os.path.join(root, "Annotations", stem + ".xml"), tmp_path)
+        shutil.copy(os.path.join(root, "JPEGImages", stem + ".jpg"), tmp_path)
+    xml_boxes = {}
+    import xml.etree.ElementTree as ET
+    for stem in ("BloodImage_00338", "BloodImage_00343"):
+        xml_boxes[stem] = len(list(ET.parse(tmp_path / f"{stem}.xml").getroot().iter("object")))
+    with caplog.at_level(logging.WARNING, logger="focal_rpn.data.coco_json"):
+        dicts = load_voc_folder(str(tmp_path), voc_class_names(str(tmp_path)))
+    for d in dicts:
+        stem = os.path.splitext(os.path.basename(d["file_name"]))[0]
+        assert len(d["annotations"]) == xml_boxes[stem] - 1
+        assert all(a["bbox"][2] > a["bbox"][0] and a["bbox"][3] > a["bbox"][1] for a in d["annotations"])
+        assert f"{stem}.xml: 0 box(es) clipped to the 640x480 image, 1 empty or degenerate box(es) dropped" in caplog.text
+
+
+def test_a_truncated_real_jpeg_is_named(tmp_path):
+    """A BCCD photograph cut short: the training mapper's error names the file."""
+    from focal_rpn.data import CheckedDatasetMapper
+
+    root = _bccd()
+    data = open(os.path.join(root, "JPEGImages", "BloodImage_00000.jpg"), "rb").read()
+    bad = tmp_path / "BloodImage_00000.jpg"
+    bad.write_bytes(data[: len(data) // 2])
+    cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs/synthetic/retinanet.yaml"))
+    mapper = CheckedDatasetMapper(cfg, is_train=True)
+    with pytest.raises(OSError, match="BloodImage_00000.jpg"):
+        mapper({"file_name": str(bad), "height": 480, "width": 640, "image_id": 0, "annotations": []})
+
+
+def test_coco_json_defects_are_counted_per_kind_naming_the_file(tmp_path, caplog):
+    import logging
+
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(img)
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 60, "height": 40}],
+        "categories": [{"id": 1, "name": "x"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, -5, 8], "area": 40, "iscrowd": 0},
+                        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [50, 30, 20, 20], "area": 400, "iscrowd": 0},
+                        {"id": 3, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 10], "area": 100, "iscrowd": 0}]}))
+    name = register_dataset(f"defects_coco=coco:{ann}:{tmp_path}")
+    with caplog.at_level(logging.WARNING, logger="focal_rpn.data.user_datasets"):
+        (d,) = DatasetCatalog.get(name)
+    assert [a["bbox"] for a in d["annotations"]] == [[50, 30, 60, 40], [5, 5, 15, 15]]
+    assert f"{ann}: 1 box(es) past the image border clipped, 1 box(es) of zero or negative width or height dropped" in caplog.text

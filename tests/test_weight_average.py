@@ -115,7 +115,7 @@ def test_a_missing_checkpoint_is_named(runs, tmp_path):
 
 
 def test_reevaluate_takes_the_mean_of_a_run_trained_without_it(runs):
-    from focal_rpn.reevaluate import _final_weights, config_differences
+    from focal_rpn.study.reevaluate import _final_weights, config_differences
 
     root, make_cfg = runs
     off = make_cfg("configs/synthetic/retinanet.yaml", *RUN, "SOLVER.WEIGHT_AVERAGE.ENABLED", "False")
@@ -136,7 +136,7 @@ def test_reevaluate_takes_the_mean_of_a_run_trained_without_it(runs):
 
 def test_switched_off_the_average_leaves_the_config_hash_of_older_runs(make_cfg):
     """Summaries made before the keys existed stay current while the average is off."""
-    from focal_rpn.results import config_sha256
+    from focal_rpn.study.summaries import config_sha256
 
     off = make_cfg("configs/trees/rpn_ce.yaml", "SOLVER.WEIGHT_AVERAGE.ENABLED", "False")
     before_the_keys = off.clone()

@@ -1,19 +1,20 @@
 """Writing small COCO-format annotation files, with box sanitising."""
 import json
 import logging
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 logger = logging.getLogger(__name__)
 
 
 def clip_boxes_xyxy(
     boxes: Sequence[Sequence[float]], width: int, height: int, source: str, min_size: float = 1.0,
-    warn: bool = True,
-) -> Tuple[List[List[float]], int]:
+    warn: bool = True, counts: Optional[Dict[str, int]] = None,
+) -> Tuple[List[List[float]], List[int]]:
     """Clips XYXY boxes to the image and drops those left smaller than ``min_size`` pixels.
 
     Returns (kept boxes, indices kept). Logs how many were clipped or dropped, naming ``source``
-    (unless ``warn`` is False: tiles cut crowns by design).
+    (unless ``warn`` is False: tiles cut crowns by design); adds them to ``counts["clipped"]`` and
+    ``counts["dropped"]`` when given (to log one total per file of many images).
     """
     kept, keep_idx, clipped = [], [], 0
     for i, (x0, y0, x1, y1) in enumerate(boxes):
@@ -23,6 +24,9 @@ def clip_boxes_xyxy(
             kept.append(c)
             keep_idx.append(i)
     dropped = len(boxes) - len(kept)
+    if counts is not None:
+        counts["clipped"] = counts.get("clipped", 0) + clipped
+        counts["dropped"] = counts.get("dropped", 0) + dropped
     if warn and (clipped or dropped):
         logger.warning(
             "%s: %d box(es) clipped to the %dx%d image, %d empty or degenerate box(es) dropped",

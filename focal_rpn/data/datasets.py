@@ -78,6 +78,20 @@ def check_dataset(name: str) -> None:
         )
 
 
+def class_names(num_classes: int, datasets, explicit=()) -> list:
+    """Names of a model's ``num_classes`` classes: ``explicit`` if given (their count checked),
+    else those of the first of ``datasets`` with that many classes, else "0", "1", ..."""
+    if explicit:
+        if len(explicit) != num_classes:
+            raise ValueError(f"--class-names gives {len(explicit)} names for a model of {num_classes} classes")
+        return list(explicit)
+    for name in datasets:
+        names = MetadataCatalog.get(name).get("thing_classes", None) if name in DatasetCatalog.list() else None
+        if names is not None and len(names) == num_classes:
+            return list(names)
+    return [str(i) for i in range(num_classes)]
+
+
 def ensure_json(name: str) -> None:
     """Builds the dataset if needed so that its metadata has a COCO ``json_file``."""
     if name in _DATASETS:

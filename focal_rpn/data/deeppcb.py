@@ -10,7 +10,7 @@ Registered splits:
 
 Each annotation line is ``x1 y1 x2 y2 type`` (spaces or commas); ``type`` 1-6 are
 :data:`CLASS_NAMES`. A malformed line is an error naming the file and line; boxes over the
-border are clipped and degenerate ones dropped, counted in the log.
+border are clipped and degenerate ones dropped, counted per file in the log.
 """
 import logging
 import os
@@ -18,6 +18,8 @@ from typing import Dict, List, Tuple
 
 from detectron2.structures import BoxMode
 from PIL import Image
+
+from .coco_json import clip_boxes_xyxy
 
 logger = logging.getLogger(__name__)
 
@@ -69,23 +71,11 @@ def parse_annotation(path: str) -> List[Tuple[List[float], int]]:
     return out
 
 
-def _sanitise(objs, width: int, height: int) -> Tuple[List[Tuple[List[float], int]], int, int]:
-    """(boxes clipped to the image with degenerate ones removed, how many clipped, how many dropped)."""
-    kept, clipped = [], 0
-    for (x0, y0, x1, y1), c in objs:
-        box = [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
-        if box[2] - box[0] < 1 or box[3] - box[1] < 1:
-            continue
-        clipped += box != [x0, y0, x1, y1]
-        kept.append((box, c))
-    return kept, clipped, len(objs) - len(kept)
-
-
 def load_deeppcb(split: str, root: str = "") -> List[Dict]:
     """Detectron2 dataset dicts of a registered split (see :data:`SPLITS`)."""
     list_file, groups = SPLITS[split]
     root = root or deeppcb_root()
-    dicts, clipped, dropped = [], 0, 0
+    dicts = []
     with open(os.path.join(root, list_file)) as f:
         lines = [line.split() for line in f if line.strip()]
     for lineno, parts in enumerate(lines, start=1):
@@ -99,16 +89,15 @@ def load_deeppcb(split: str, root: str = "") -> List[Dict]:
         file_name = os.path.join(root, f"{stem}_test{ext}")  # the tested image; templates are not used
         with Image.open(file_name) as im:
             width, height = im.size
-        objs, c, d = _sanitise(parse_annotation(os.path.join(root, ann_rel)), width, height)
-        clipped, dropped = clipped + c, dropped + d
+        ann_path = os.path.join(root, ann_rel)
+        objs = parse_annotation(ann_path)
+        boxes, keep = clip_boxes_xyxy([b for b, _ in objs], width, height, ann_path)  # logs what it changed
+        objs = [(box, objs[i][1]) for box, i in zip(boxes, keep)]
         dicts.append({
             "file_name": file_name, "image_id": os.path.basename(stem), "width": width, "height": height,
             "annotations": [{"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": cls, "iscrowd": 0}
                             for box, cls in objs],
         })
-    if clipped or dropped:
-        logger.warning("deeppcb %s: %d box(es) clipped to the image, %d degenerate box(es) dropped",
-                       split, clipped, dropped)
     logger.info("deeppcb %s: %d images, %d boxes from %s", split, len(dicts),
                 sum(len(d["annotations"]) for d in dicts), root)
     return dicts

@@ -9,15 +9,19 @@ those of ``DIR/classes.txt`` (one per line) when present, else every ``<name>`` 
 sorted. Images without boxes (no XML, or an XML without objects) are kept as negatives.
 """
 import json
+import logging
 import os
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 from PIL import Image
 
+from .coco_json import clip_boxes_xyxy
+
+logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 # name -> the spec string it was registered with (a second, identical registration is a no-op)
 _REGISTERED: Dict[str, str] = {}
@@ -82,12 +86,30 @@ def load_voc_folder(root: str, class_names: List[str]) -> List[dict]:
         if not (w and h):
             with Image.open(img) as im:
                 w, h = im.size
-        annos = []
-        for name, box in objs:
+        for name, _ in objs:
             if name not in index:
                 raise ValueError(f"{xml}: class {name!r} is not in {os.path.join(root, 'classes.txt')}: {class_names}")
-            annos.append({"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": index[name], "iscrowd": 0})
+        # real annotations hold zero-size boxes and boxes past the border: dropped / clipped, logged per file
+        boxes, keep = clip_boxes_xyxy([box for _, box in objs], w, h, xml)
+        annos = [{"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": index[objs[i][0]], "iscrowd": 0}
+                 for box, i in zip(boxes, keep)]
         dicts.append({"file_name": img, "image_id": image_id, "width": w, "height": h, "annotations": annos})
+    return dicts
+
+
+def load_checked_coco(json_file: str, image_root: str, name: str) -> List[dict]:
+    """Detectron2's load_coco_json, then every box clipped to its image and degenerate ones
+    (zero or negative width or height) dropped, with one count per defect kind naming the file."""
+    dicts = load_coco_json(json_file, image_root, name)
+    counts: Dict[str, int] = {}
+    for d in dicts:
+        annos = d.get("annotations", [])
+        xyxy = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos]
+        boxes, keep = clip_boxes_xyxy(xyxy, d["width"], d["height"], json_file, warn=False, counts=counts)
+        d["annotations"] = [{**annos[i], "bbox": box, "bbox_mode": BoxMode.XYXY_ABS} for box, i in zip(boxes, keep)]
+    if counts.get("clipped") or counts.get("dropped"):
+        logger.warning("%s: %d box(es) past the image border clipped, %d box(es) of zero or negative width or "
+                       "height dropped", json_file, counts["clipped"], counts["dropped"])
     return dicts
 
 
@@ -108,7 +130,8 @@ def register_dataset(spec: str) -> str:
             coco = json.load(f)
         if not coco.get("images"):
             raise ValueError(f"DATASETS.REGISTER {name}: {json_file} has no images")
-        register_coco_instances(name, {}, json_file, image_root)
+        DatasetCatalog.register(name, lambda: load_checked_coco(json_file, image_root, name))
+        MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
         # thing_classes now, so that the class count is checked before training (d2 sets it on load)
         cats = sorted(coco.get("categories", []), key=lambda c: c["id"])
         MetadataCatalog.get(name).set(thing_classes=[c["name"] for c in cats])
@@ -127,24 +150,14 @@ def register_dataset(spec: str) -> str:
     return name
 
 
-def num_classes_key(cfg) -> str:
-    """The config key that sets the detector's number of classes for this meta-architecture."""
-    from ..config import is_retinanet
-
-    return "MODEL.RETINANET.NUM_CLASSES" if is_retinanet(cfg) else "MODEL.ROI_HEADS.NUM_CLASSES"
-
-
-def register_from_config(cfg) -> None:
-    """Registers DATASETS.REGISTER, then checks that every dataset of DATASETS.TRAIN/TEST whose
-    classes are known has as many classes as the model predicts."""
-    for spec in cfg.DATASETS.REGISTER:
-        register_dataset(spec)
-    key = num_classes_key(cfg)
-    expected = cfg.MODEL.RETINANET.NUM_CLASSES if key.startswith("MODEL.RETINANET") else cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+def check_class_count(names, num_classes: int, key: str) -> None:
+    """Raises a ValueError naming the dataset, both numbers and the key to set when a registered
+    dataset of ``names`` whose classes are known has another number of classes than the model's
+    ``num_classes`` (config ``key``)."""
+    for name in names:
         if name not in DatasetCatalog.list():
             continue  # check_dataset explains unknown names
         classes = MetadataCatalog.get(name).get("thing_classes")
-        if classes is not None and len(classes) != expected:
+        if classes is not None and len(classes) != num_classes:
             raise ValueError(f"Dataset {name!r} has {len(classes)} classes ({', '.join(classes[:10])}"
-                             f"{', ...' if len(classes) > 10 else ''}) but {key} is {expected}: set {key} {len(classes)}")
+                             f"{', ...' if len(classes) > 10 else ''}) but {key} is {num_classes}: set {key} {len(classes)}")

@@ -11,9 +11,9 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
 from ..evaluation import IoUThresholdEvaluator
 from ..data import CheckedDatasetMapper, build_train_augmentations, check_dataset, ensure_json
-from ..modeling.channels_last import to_channels_last
-from ..modeling.gather_roi_align import use_roi_align
-from ..modeling.image_threads import split_images
+from ..layers.channels_last import to_channels_last
+from ..layers.gather_roi_align import use_roi_align
+from ..layers.image_threads import split_images
 from .autocast import amp_trainer
 from .checkpoint import CheckedCheckpointer
 from .weight_average import WeightAverage

@@ -16,8 +16,8 @@ import os
 import re
 from typing import Dict, List, Tuple
 
-from .. import ablate, results
-from ..stats import mean_ci
+from ..study import summaries as results, suites as ablate
+from ..study.stats import mean_ci
 
 BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
 TABLE_HEAD = "| config | seeds | AP | AP50 | mAP@0.33 | train min | summaries |\n|---|---|---|---|---|---|---|"
@@ -136,7 +136,7 @@ def write(root: str, dataset: str) -> List[str]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True, choices=[d for d in ablate.DATASETS if d not in ("coco", "synthetic")])
-    ap.add_argument("--root", default=ablate.ROOT, help="the checkout (results/, docs/, README.md)")
+    ap.add_argument("--root", default=ablate.CHECKOUT or ".", help="the checkout (results/, docs/, README.md)")
     args = ap.parse_args(argv)
     for path in write(args.root, args.dataset):
         print(f"wrote {path}")

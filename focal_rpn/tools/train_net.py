@@ -6,48 +6,12 @@
     python -m focal_rpn.tools.train_net --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
     python -m focal_rpn.tools.train_net --config-file CFG --resume   # continue from OUTPUT_DIR/last_checkpoint
 
-(``python train_net.py ...`` in a checkout is the same command.) :func:`main` is importable and
-picklable, so Detectron2's ``launch`` can start it in worker processes from any launcher.
+(``python train_net.py ...`` in a checkout is the same command.) Detectron2's argument parser and
+``launch`` around :func:`focal_rpn.engine.main.main`.
 """
-import torch.distributed
-from detectron2.engine import default_argument_parser, default_setup, launch
-from detectron2.utils import comm
+from detectron2.engine import default_argument_parser, launch
 
-from ..config import load_config
-from ..engine import Trainer, load_weights_strict
-
-
-def setup(args):
-    cfg = load_config(args.config_file, args.opts)
-    default_setup(cfg, args)
-    return cfg
-
-
-def main(args):
-    results = train_or_evaluate(args)
-    if comm.get_world_size() > 1:
-        # Detectron2's launch leaves the process groups alive: gloo's threads then race the
-        # interpreter's exit and can abort a finished worker (SIGABRT, "terminate called without
-        # an active exception"; pytorch/pytorch#190489). Every rank gets here, so all destroy.
-        comm.synchronize()
-        torch.distributed.destroy_process_group()
-    return results
-
-
-def train_or_evaluate(args):
-    cfg = setup(args)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        load_weights_strict(model, cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR)
-        results = Trainer.test(cfg, model)
-        if comm.is_main_process():
-            from detectron2.evaluation import verify_results
-
-            verify_results(cfg, results)
-        return results
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+from ..engine.main import main
 
 
 def cli(argv=None):

@@ -1,22 +1,22 @@
 """Compare run summaries from any folders, seed by seed: the study's table for configs that are
 not in a suite (a tweak of a recipe against the recipe, a GPU run against a CPU one).
 
-    python -m focal_rpn.compare results/trees/retinanet/gamma_2 results/trees/tuning/bf16_seeds/trees/retinanet/gamma_2 \
+    python -m focal_rpn.tools.compare results/trees/retinanet/gamma_2 results/trees/tuning/bf16_seeds/trees/retinanet/gamma_2 \
         --names float32 bf16 [--output compare.md]
 
-Each folder holds ``seed<K>.json`` summaries (what ``focal_rpn.ablate`` writes; see
-:mod:`focal_rpn.results`) of *one* config: a folder whose summaries name different variants or
+Each folder holds ``seed<K>.json`` summaries (what ``focal_rpn.tools.ablate`` writes; see
+:mod:`focal_rpn.study.summaries`) of *one* config: a folder whose summaries name different variants or
 schedules (``iterations``) is refused, naming the files, since its seeds would not be repeats. The first folder
 is the reference: every other one gets its paired difference to it over the seeds both have
 (same ``SEED`` = same initialisation and data order), with the 95% CI and a verdict, exactly as in
-``ablate --report``'s tables (:func:`focal_rpn.results.tabulate`).
+``ablate --report``'s tables (:func:`focal_rpn.study.summaries.tabulate`).
 """
 import argparse
 import os
 import sys
 from typing import List, Optional
 
-from .results import load_summary, summary_paths, tabulate
+from ..study.summaries import load_summary, summary_paths, tabulate
 
 
 def read_folder(folder: str, name: str) -> List[dict]:

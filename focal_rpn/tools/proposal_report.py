@@ -1,6 +1,6 @@
 """Where a trained two-stage detector loses AP50: its proposals, its ranking, its second stage.
 
-    python -m focal_rpn.proposal_report output/rpn-trees/rpn_ce/seed0 [RUN_DIR ...] [--output report.json]
+    python -m focal_rpn.tools.proposal_report output/rpn-trees/rpn_ce/seed0 [RUN_DIR ...] [--output report.json]
 
 Each RUN_DIR is a finished run (config.yaml, model_final.pth; a FocalFasterRCNN, which returns
 its proposals beside its detections). On its test set (or --dataset), class-agnostic, IoU 0.5:
@@ -24,7 +24,7 @@ from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.structures import BoxMode
 from torchvision.ops import box_iou, nms
 
-from .config import load_config
+from ..config import load_config
 
 
 def match(boxes: torch.Tensor, scores: torch.Tensor, gt: torch.Tensor, thresh: float = 0.5) -> np.ndarray:
@@ -73,7 +73,7 @@ def gt_boxes(record: dict) -> torch.Tensor:
 @torch.no_grad()
 def report_run(run_dir: str, dataset: str = "") -> Dict[str, float]:
     """The four readings of one run (see the module docstring), with the run and dataset named."""
-    from .engine import Trainer, load_weights_strict
+    from ..engine import Trainer, load_weights_strict
 
     cfg = load_config(os.path.join(run_dir, "config.yaml"), [])
     dataset = dataset or cfg.DATASETS.TEST[0]

@@ -1,6 +1,6 @@
 """Export a trained model to TorchScript, the deployment path Detectron2 documents.
 
-    python -m focal_rpn.export --config-file configs/trees/retinanet.yaml --output model.ts \\
+    python -m focal_rpn.tools.export --config-file configs/trees/retinanet.yaml --output model.ts \\
         MODEL.WEIGHTS output/demo/model_final.pth
 
 The model is traced through Detectron2's ``TracingAdapter`` on a sample image (``--sample-image``,
@@ -21,8 +21,8 @@ from detectron2.data import DatasetCatalog, detection_utils as utils
 from detectron2.export import TracingAdapter
 from detectron2.modeling import GeneralizedRCNN
 
-from .config import load_config
-from .engine import Trainer, load_weights_strict
+from ..config import load_config
+from ..engine import Trainer, load_weights_strict
 
 
 def _inference(model, inputs):
@@ -69,7 +69,7 @@ def main(argv=None):
     ap.add_argument("--sample-image", help="image to trace and check with (default: first of DATASETS.TEST)")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS W")
     args = ap.parse_args(argv)
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts, check_datasets=[])  # no dataset's classes are used
     path = args.sample_image or DatasetCatalog.get(cfg.DATASETS.TEST[0])[0]["file_name"]
     image = torch.as_tensor(utils.read_image(path, format=cfg.INPUT.FORMAT).transpose(2, 0, 1).copy())
     check = export(cfg, image, args.output)

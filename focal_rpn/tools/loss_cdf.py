@@ -1,6 +1,6 @@
 """The RetinaNet paper's Figure 4: cumulative focal loss of positive and negative anchors.
 
-    python -m focal_rpn.loss_cdf --config-file configs/trees/retinanet.yaml \
+    python -m focal_rpn.tools.loss_cdf --config-file configs/trees/retinanet.yaml \
         --output output/loss_cdf MODEL.WEIGHTS output/demo/model_final.pth
 
 A trained (Focal)RetinaNet predicts on the images of DATASETS.TEST[0]; its anchors are labelled
@@ -20,9 +20,9 @@ from detectron2.data import DatasetCatalog, DatasetMapper, detection_utils as ut
 from detectron2.layers import cat
 from detectron2.modeling import build_model
 
-from .config import load_config
-from .engine import load_weights_strict
-from .losses import sigmoid_focal_loss
+from ..config import load_config
+from ..engine import load_weights_strict
+from ..losses import sigmoid_focal_loss
 
 GAMMAS = [0.0, 0.5, 1.0, 2.0]
 

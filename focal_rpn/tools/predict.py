@@ -1,6 +1,6 @@
 """Detections for a folder of (large) photographs: one COCO-results json, one CSV, optional PNGs.
 
-    python -m focal_rpn.predict --config-file configs/trees/retinanet.yaml --input photos/ big.tif \\
+    python -m focal_rpn.tools.predict --config-file configs/trees/retinanet.yaml --input photos/ big.tif \\
         --output out/ --draw MODEL.WEIGHTS output/demo/model_final.pth
 
 Images larger than ``--tile`` pixels are cut into overlapping windows (``--overlap`` pixels shared
@@ -10,7 +10,7 @@ whole in a neighbouring window, as long as objects are smaller than the overlap)
 everything at the model's test threshold removes what two windows both found.
 
 With ``--gt DATASET`` (a registered dataset, e.g. one of ``DATASETS.REGISTER``), an image found in
-it is drawn in the evaluation view of ``focal_rpn.visualize --eval-view`` (true positives, false
+it is drawn in the evaluation view of ``focal_rpn.tools.visualize --eval-view`` (true positives, false
 positives, missed ground truth) and the totals are printed; other images are drawn as detections.
 """
 import argparse
@@ -29,10 +29,11 @@ from PIL import Image
 from torchvision.ops import batched_nms
 from tqdm import tqdm
 
-from .config import is_retinanet, load_config
-from .data.trees import tile_origins
-from .data.user_datasets import IMAGE_EXTENSIONS
-from .engine import strict_predictor
+from ..config import is_retinanet, load_config, model_num_classes
+from ..data import class_names
+from ..data.trees import tile_origins
+from ..data.user_datasets import IMAGE_EXTENSIONS
+from ..engine import strict_predictor
 from .visualize import draw_evaluation, draw_predictions, evaluation_groups, ground_truth_lookup
 
 
@@ -120,9 +121,13 @@ def main(argv=None):
     ap.add_argument("--gt", action="append", default=[], metavar="DATASET",
                     help="a registered dataset with ground truth for (some of) the images (repeatable): with "
                          "--draw, those are drawn as true/false positives and missed objects (IoU >= 0.5)")
+    ap.add_argument("--class-names", type=lambda s: s.split(","), default=[], metavar="A,B,...",
+                    help="the model's class names, comma-separated (default: those of --gt or DATASETS.TEST "
+                         "when their count matches the model's, else 0, 1, ...)")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS W")
     args = ap.parse_args(argv)
-    cfg = load_config(args.config_file, args.opts)
+    # no training dataset is read: only the --gt datasets must match the model's classes
+    cfg = load_config(args.config_file, args.opts, check_datasets=args.gt)
     paths = expand_inputs(args.input)
     gt_of = ground_truth_lookup(args.gt) if args.gt else (lambda path: None)
     counts, annotated = Counter(), 0  # totals of the evaluation view over the images --gt annotates
@@ -131,8 +136,8 @@ def main(argv=None):
     def predictor(bgr):
         return d2_predictor(bgr)["instances"].to("cpu")
 
+    names = class_names(model_num_classes(cfg), [*args.gt, *cfg.DATASETS.TEST], args.class_names)
     meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else MetadataCatalog.get("__unused")
-    names = meta.get("thing_classes", None) or [str(i) for i in range(1000)]
     to_dataset_id = {v: k for k, v in meta.get("thing_dataset_id_to_contiguous_id", {}).items()}
     os.makedirs(args.output, exist_ok=True)
     sizes = []

@@ -1,8 +1,8 @@
 """Draw a trained model's detections on images (and optionally the ground truth beside them).
 
-    python -m focal_rpn.visualize --config-file CFG --input a.png b.jpg --output DIR MODEL.WEIGHTS W
-    python -m focal_rpn.visualize --config-file CFG --dataset trees_val --output DIR MODEL.WEIGHTS W
-    python -m focal_rpn.visualize --config-file CFG --dataset trees_val --eval-view --output DIR MODEL.WEIGHTS W
+    python -m focal_rpn.tools.visualize --config-file CFG --input a.png b.jpg --output DIR MODEL.WEIGHTS W
+    python -m focal_rpn.tools.visualize --config-file CFG --dataset trees_val --output DIR MODEL.WEIGHTS W
+    python -m focal_rpn.tools.visualize --config-file CFG --dataset trees_val --eval-view --output DIR MODEL.WEIGHTS W
 
 ``--eval-view`` (needs ``--dataset``): one picture with thin boxes and no text per box: true
 positives, false positives and missed ground truth (IoU >= 0.5, detections scoring at least
@@ -22,8 +22,8 @@ from PIL import Image, ImageDraw
 # true positive, false positive, missed ground truth (colour-blind-safe: blue, orange, magenta)
 EVAL_COLORS = {"true positive": (0, 114, 178), "false positive": (230, 159, 0), "missed": (204, 0, 153)}
 
-from .config import load_config
-from .engine import strict_predictor
+from ..config import load_config, model_num_classes
+from ..engine import strict_predictor
 
 
 def draw_predictions(image_rgb: np.ndarray, instances, metadata, score_thresh: float) -> np.ndarray:
@@ -113,7 +113,10 @@ def visualize(cfg, inputs: List[str], output_dir: str, score_thresh: float,
     ``output_dir`` (prediction, with the ground truth on the left when ``gt_dicts`` is given;
     with ``eval_view``, the evaluation picture of :func:`draw_evaluation`). Returns the paths."""
     predictor = strict_predictor(cfg)
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    # class names of the test dataset when it has the model's classes (drawn as numbers otherwise)
+    test = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused"
+    names = MetadataCatalog.get(test).get("thing_classes", None)
+    metadata = MetadataCatalog.get(test if names is not None and len(names) == model_num_classes(cfg) else "__unused")
     os.makedirs(output_dir, exist_ok=True)
     written = []
     for i, path in enumerate(inputs):
@@ -141,7 +144,7 @@ def main(argv=None):
                         help="with --dataset: true/false positives and missed ground truth in three colours")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS W")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config_file, args.opts, freeze=False)
+    cfg = load_config(args.config_file, args.opts, freeze=False, check_datasets=[args.dataset] if args.dataset else [])
     if args.dataset:
         cfg.DATASETS.TEST = (args.dataset,)
     cfg.freeze()

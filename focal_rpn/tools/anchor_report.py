@@ -1,6 +1,6 @@
 """Anchor imbalance of a dataset under a config: positives, negatives and ignored per image.
 
-    python -m focal_rpn.anchor_report --config-file configs/trees/retinanet.yaml [--dataset trees_train]
+    python -m focal_rpn.tools.anchor_report --config-file configs/trees/retinanet.yaml [--dataset trees_train]
 
 Anchors are labelled by the model's own matcher (RetinaNet: IoU ≥ 0.5 positive, < 0.4 negative;
 RPN: ≥ 0.7 / < 0.3) at the test-time input size, before any sampling. Prints the distribution
@@ -17,7 +17,7 @@ from detectron2.data import DatasetCatalog, DatasetMapper, detection_utils as ut
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, pairwise_iou
 
-from .config import load_config
+from ..config import load_config
 
 
 @torch.no_grad()

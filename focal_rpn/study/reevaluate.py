@@ -3,7 +3,7 @@
 A run's summary goes stale when anything in its config changes (``results.config_sha256``),
 including settings that only evaluation reads: the test-time proposal and candidate budgets, score
 and NMS thresholds, test image sizes, the test datasets. Training again would reproduce the same
-weights, so ``python -m focal_rpn.ablate ... --reevaluate`` loads the run's ``model_final.pth``,
+weights, so ``python -m focal_rpn.tools.ablate ... --reevaluate`` loads the run's ``model_final.pth``,
 evaluates it under today's config and rewrites its summary: new metrics and config hash; the
 training figures (s/iter, peak memory, wall time, the training commit) are kept and the
 re-evaluation is recorded under ``"reevaluated"``. A run whose config differs in anything else is
@@ -54,7 +54,7 @@ def _as_lists(value):
 def config_differences(trained_cfg, cfg) -> Dict[str, List[str]]:
     """The keys whose values differ between the config a run was trained with and ``cfg``, as
     "KEY: old -> new" lines, split into {"evaluation": [...], "training": [...]}."""
-    from .results import comparable_config
+    from .summaries import comparable_config
 
     # compared as config_sha256 compares them (where a run is written, result-neutral keys and
     # switched-off features left out)
@@ -72,7 +72,7 @@ def evaluate_checkpoint(cfg, weights: str, output_dir: str) -> Dict[str, float]:
     of training), flattened to metrics.json's names ("bbox/AP50", "box_proposals/AR@1000")."""
     from detectron2.evaluation.testing import flatten_results_dict
 
-    from .engine import Trainer, load_weights_strict
+    from ..engine import Trainer, load_weights_strict
 
     cfg = cfg.clone()
     cfg.defrost()
@@ -86,8 +86,8 @@ def evaluate_checkpoint(cfg, weights: str, output_dir: str) -> Dict[str, float]:
 def reevaluate_run(summary: dict, cfg, run_dir: str, git_commit: str) -> dict:
     """The summary of the run in ``run_dir`` re-evaluated under ``cfg``. Raises ValueError naming
     what is missing or which training keys changed."""
-    from . import results
-    from .config import load_config
+    from . import summaries as results
+    from ..config import load_config
 
     trained_yaml = os.path.join(run_dir, "config.yaml")
     weights = os.path.join(run_dir, "model_final.pth")
@@ -114,7 +114,7 @@ def _final_weights(trained_cfg, cfg, run_dir: str) -> str:
     ``cfg`` adds a weight average the run was trained without, the mean of its checkpoints."""
     import torch
 
-    from .engine.weight_average import average_of_checkpoints
+    from ..engine.weight_average import average_of_checkpoints
 
     old, new = trained_cfg.SOLVER.WEIGHT_AVERAGE, cfg.SOLVER.WEIGHT_AVERAGE
     final = os.path.join(run_dir, "model_final.pth")

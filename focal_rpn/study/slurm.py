@@ -1,4 +1,4 @@
-"""The ablation suite as cluster jobs, through submitit (``focal_rpn.ablate --launcher submitit``).
+"""The ablation suite as cluster jobs, through submitit (``focal_rpn.tools.ablate --launcher submitit``).
 
 Every variant × seed without a current summary becomes one job. A job runs ``train_net.py``'s
 ``main`` through Detectron2's ``launch``: ``--gpus-per-run`` processes on each of
@@ -22,7 +22,7 @@ import time
 import zlib
 from typing import Dict, List, Optional, Tuple
 
-from . import results
+from . import summaries as results
 
 LEDGER = "jobs.json"
 # States of a run in --status; "done" = its current summary exists.
@@ -47,7 +47,7 @@ class StudyRun:
     def _args(self, machine_rank: int, dist_url: str):
         from detectron2.engine import default_argument_parser
 
-        from .ablate import ROOT
+        from .suites import ROOT
 
         return default_argument_parser().parse_args([
             "--config-file", os.path.join(ROOT, self.variant.config), "--resume",
@@ -61,9 +61,9 @@ class StudyRun:
         import submitit
         from detectron2.engine import launch
 
-        from .ablate import summarize
-        from .study.lock import run_lock
-        from .tools.train_net import main as train_net_main
+        from ..engine.main import main as train_net_main
+        from .lock import run_lock
+        from .runner import summarize
 
         self._started = time.time()
         env = submitit.JobEnvironment()
@@ -98,7 +98,7 @@ class StudyRun:
         """Writes the run's ``failed`` summary: the error, the last iteration, the job's log."""
         from submitit.core.utils import JobPaths
 
-        from .ablate import run_config
+        from .suites import run_config
 
         cfg = run_config(self.variant, self.seed, self.opts)
         log = str(JobPaths(env.paths.folder, job_id=env.job_id, task_id=0).stderr)
@@ -274,7 +274,8 @@ def submit(runs: List[StudyRun], states, suite_dir: str, executor, retry_failed:
     """Submits every run not done, pending or running, nor failed (unless ``retry_failed``), nor
     holding an earlier recipe's summary, and records it in the ledger. Returns the submitted
     submitit jobs by (variant, seed)."""
-    from .ablate import run_config, set_aside_other_training
+    from .runner import set_aside_other_training
+    from .suites import run_config
 
     ledger = load_ledger(suite_dir)
     jobs = {}

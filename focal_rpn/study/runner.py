@@ -1,0 +1,175 @@
+"""Running the study's runs one after another in this shell, and reporting a suite: plan (the
+jobs of a call), run (locked, resumed, failures recorded), summarise, report."""
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import List
+
+from . import summaries as results
+from .suites import REFERENCES, ROOT, Variant, run_config, run_dir
+
+
+def summarize(variant: Variant, seed: int, opts: List[str], run_dir: str, peak_rss_mb: float,
+              wall_s: float) -> dict:
+    """The summary of a finished run in ``run_dir`` (read from its metrics.json), whichever launcher
+    ran it."""
+    cfg = run_config(variant, seed, opts)
+    metrics = results.final_metrics(run_dir)
+    return {
+        "variant": variant.name, "seed": seed, "iterations": cfg.SOLVER.MAX_ITER,
+        "s_per_iter": metrics.pop("s_per_iter"), "peak_rss_mb": peak_rss_mb, "wall_s": wall_s,
+        "config_sha256": results.config_sha256(cfg), "config": results.comparable_config(cfg).dump(),
+        "opts": list(opts), "git_commit": results.git_commit(ROOT), "metrics": metrics,
+    }
+
+
+def set_aside_other_training(run_dir: str, cfg) -> None:
+    """Renames ``run_dir`` to ``run_dir.stale-N`` (files kept) when it holds checkpoints of a config
+    other than ``cfg`` (the variant changed since: its summary is stale), so that ``--resume``
+    cannot continue, or take as finished, weights trained under the old config."""
+    if not os.path.isfile(os.path.join(run_dir, "last_checkpoint")):
+        return
+    saved = os.path.join(run_dir, "config.yaml")  # written by train_net.py's default_setup
+    try:
+        from ..config import load_config
+
+        if results.same_training(load_config(saved), cfg):
+            return
+        why = "trained under another config"
+    except Exception as e:  # no config.yaml, or one this version cannot read: not the same run
+        why = f"its config.yaml cannot be compared ({type(e).__name__}: {e})"
+    n = 1
+    while os.path.exists(f"{run_dir}.stale-{n}"):
+        n += 1
+    os.rename(run_dir, f"{run_dir}.stale-{n}")
+    print(f"{run_dir}: {why}; moved to {run_dir}.stale-{n}, training from scratch", flush=True)
+
+
+def run_one(variant: Variant, seed: int, opts: List[str], run_dir: str, num_gpus: int) -> dict:
+    """Trains and evaluates one run in a train_net process (resuming when it has a checkpoint).
+    Returns its summary (without writing it): the metrics, or, when the process failed (a
+    diverging loss, out of memory, a crash), a ``failed`` record of why, at which iteration, and
+    the log."""
+    set_aside_other_training(run_dir, run_config(variant, seed, opts))
+    os.makedirs(run_dir, exist_ok=True)
+    cmd = [sys.executable, "-m", "focal_rpn.tools.train_net", "--config-file", os.path.join(ROOT, variant.config),
+           "--num-gpus", str(num_gpus)]
+    if os.path.isfile(os.path.join(run_dir, "last_checkpoint")):
+        cmd.append("--resume")
+    cmd += variant.opts + list(opts) + ["SEED", str(seed), "OUTPUT_DIR", run_dir]
+    t0 = time.time()
+    log_path = os.path.join(run_dir, "stdout.txt")
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(cmd, cwd=os.path.dirname(ROOT), stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        cfg = run_config(variant, seed, opts)
+        return {"variant": variant.name, "seed": seed, "config_sha256": results.config_sha256(cfg),
+                "config": results.comparable_config(cfg).dump(), "opts": list(opts),
+                "git_commit": results.git_commit(ROOT), "wall_s": time.time() - t0,
+                "failed": results.failure(run_dir, log_path, code)}
+    return summarize(variant, seed, opts, run_dir, usage.ru_maxrss / 1024, time.time() - t0)
+
+
+def report(variants: List[Variant], suite: str, dataset: str, results_dir: str, opts: List[str]) -> str:
+    """Rebuilds results.md/.csv/.png of a suite from its summaries; returns the markdown. Summaries
+    of another config than the variants build today with ``opts`` are tabulated apart, titled by
+    what differs."""
+    names = [v.name for v in variants]
+    by_name = {v.name: v for v in variants}
+    groups = results.read_summaries(results_dir, dataset, suite, names,
+                                    lambda name, seed: run_config(by_name[name], seed, opts))
+    out_dir = os.path.join(results_dir, dataset, suite)
+    if not (groups.current or groups.earlier or groups.failed):
+        raise SystemExit(f"no summary under {out_dir}: nothing to report")
+    md = results.write_report(groups, names, REFERENCES[suite], out_dir, f"{suite} suite on {dataset}")
+    print(md)
+    print(f"Results: {os.path.abspath(out_dir)}/results.md, results.csv, results.png")
+    return md
+
+
+def adopt_identical_runs(jobs, args) -> None:
+    """Writes, for each job without a current summary, the summary of an identical run (same config
+    hash and seed) already kept under another suite or variant of the dataset, marked
+    ``same_run_as``: training it again would repeat that run."""
+    for v, seed, path, expected in jobs:
+        state = results.summary_state(path, expected)
+        if state in ("current", "failed") or (state == "stale" and not args.rerun_stale):
+            continue
+        twin = results.find_same_run(args.results, args.dataset, seed, expected, path)
+        if twin is None:
+            continue
+        source = os.path.relpath(twin.pop("path"), os.path.join(args.results, args.dataset))
+        results.write_summary(path, {**twin, "variant": v.name, "same_run_as": source})
+        print(f"{v.name} seed {seed}: the same config and seed as {source}; its summary copied, not trained again")
+
+
+def run_local(jobs, args) -> int:
+    """Runs the jobs one after another in this shell (``--launcher local``); a run locked by another
+    process is skipped, a failed one recorded and the next one started. Returns how many failed."""
+    from .lock import run_lock
+
+    durations, failed = [], 0
+    for i, (v, seed, path, expected) in enumerate(jobs, start=1):
+        head = f"[{i}/{len(jobs)}] {v.name} seed {seed}"
+        state = results.summary_state(path, expected)
+        if state == "current":
+            print(f"{head}: summary exists, skipped")
+            continue
+        if state == "stale" and not args.rerun_stale:
+            print(f"{head}: {path} holds a run of another config (an earlier recipe, reported apart): "
+                  "kept, not run; --rerun-stale replaces it")
+            continue
+        if state == "failed" and not args.retry_failed:
+            print(f"{head}: failed before ({results.load_summary(path)['failed']['cause']}); --retry-failed runs it again")
+            continue
+        out = run_dir(args.out, args.suite, args.dataset, v.name, seed)
+        with run_lock(out) as other:
+            if other is not None:
+                print(f"{head}: being trained by {other} (lock {out}/run.lock), skipped")
+                continue
+            if results.summary_state(path, expected) == "current":  # finished while we waited our turn
+                print(f"{head}: summary exists, skipped")
+                continue
+            # (hours, not a clock time: a suite can take days)
+            eta = f", about {statistics.mean(durations) * (len(jobs) - i + 1) / 3600:.1f} h left" if durations else ""
+            print(f"{head}: running{eta}", flush=True)
+            t0 = time.time()
+            summary = run_one(v, seed, args.opts, out, args.num_gpus)
+            results.write_summary(path, summary)
+        if "failed" in summary:
+            failed += 1
+            print(f"{head}: FAILED: {summary['failed']['cause']}; recorded in {path}", flush=True)
+        else:
+            durations.append(time.time() - t0)
+    return failed
+
+
+def reevaluate_stale(jobs, args) -> None:
+    """``--reevaluate``: each stale summary of ``jobs`` rewritten from its run's final checkpoint
+    evaluated under today's config; a run that cannot be (no folder, training config changed) is
+    named with the reason and left stale."""
+    from .reevaluate import reevaluate_run
+
+    refused = []
+    for v, seed, path, expected in jobs:
+        state = results.summary_state(path, expected)
+        if state != "stale":
+            print(f"{v.name} seed {seed}: {'current' if state == 'current' else 'no summary (train it)'}, skipped")
+            continue
+        summary = results.load_summary(path)
+        try:
+            new = reevaluate_run(summary, run_config(v, seed, args.opts),
+                                 run_dir(args.out, args.suite, args.dataset, v.name, seed), results.git_commit(ROOT))
+        except ValueError as e:
+            refused.append(f"{v.name} seed {seed}: {e}")
+            continue
+        results.write_summary(path, new)
+        changed = "; ".join(new["reevaluated"]["changed"]) or "no setting"
+        print(f"{v.name} seed {seed}: re-evaluated ({changed}): AP50 "
+              f"{summary['metrics'].get('bbox/AP50', float('nan')):.2f} -> {new['metrics'].get('bbox/AP50', float('nan')):.2f}")
+    for line in refused:
+        print(f"not re-evaluated, still stale: {line}")

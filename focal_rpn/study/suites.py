@@ -1,0 +1,89 @@
+"""The suites of the study: which variants, with which configs and options, and the config a
+run of one variant and seed trains."""
+import os
+from typing import Dict, List, NamedTuple
+
+# The package folder: the suites' configs are ROOT/configs/... (shipped with the package; in a
+# checkout configs/ links there).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The checkout around the package, if any: its results/ holds the committed summaries. Installed
+# without one, results/ of the working folder.
+CHECKOUT = os.path.dirname(ROOT) if os.path.isdir(os.path.join(os.path.dirname(ROOT), ".git")) else ""
+
+
+def default_results() -> str:
+    """Where the shipped configs' summaries go: the checkout's results/, else ./results."""
+    return os.path.join(CHECKOUT, "results") if CHECKOUT else os.path.abspath("results")
+
+# Table 1 of the RetinaNet paper: γ sweep with the α the paper pairs with each γ. γ = 0 with
+# α = 0.75 is alpha_ce by construction (a test shows it instead of a run).
+RETINANET_VARIANTS: Dict[str, List[str]] = {
+    "ce": ["MODEL.RETINANET.LOSS_TYPE", "ce"],
+    "alpha_ce": ["MODEL.RETINANET.LOSS_TYPE", "alpha_ce", "MODEL.RETINANET.FOCAL_LOSS_ALPHA", "0.75"],
+    **{
+        f"gamma_{g:g}": ["MODEL.RETINANET.FOCAL_LOSS_GAMMA", str(g), "MODEL.RETINANET.FOCAL_LOSS_ALPHA", str(a)]
+        for g, a in [(0.5, 0.5), (1.0, 0.25), (2.0, 0.25), (5.0, 0.25)]
+    },
+    "fl_star": ["MODEL.RETINANET.LOSS_TYPE", "fl_star"],
+    "ohem": ["MODEL.RETINANET.LOSS_TYPE", "ohem"],
+    "ohem_1_3": ["MODEL.RETINANET.LOSS_TYPE", "ohem_1_3"],
+}
+RPN_VARIANTS = ["rpn_ce", "rpn_fl_sigmoid", "rpn_fl_softmax", "ohem", "ohem_1_3", "roi_fl"]
+# λ of the sigmoid FocalRPN: the paper's 0.1 (set for a pretrained backbone) to 3.
+RPN_LAMBDAS = [0.1, 0.3, 1.0, 3.0]
+# The variant every other one of a suite is compared with (paired by seed).
+REFERENCES = {"rpn": "rpn_ce", "retinanet": "gamma_2", "rpn_lambda": "lambda_1"}
+SUITES = tuple(REFERENCES)
+# configs/<dataset>/ holds each dataset's recipes (coco: configs/*_R50*.yaml)
+DATASETS = ("trees", "deeppcb", "coco", "synthetic")
+# Extra options turning a trees config into a seconds-long run on the synthetic shapes.
+SYNTHETIC_OPTS = [
+    "DATASETS.TRAIN", "('synthetic_train',)", "DATASETS.TEST", "('synthetic_val',)",
+    "MODEL.RETINANET.NUM_CLASSES", "3", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+    "INPUT.ROTATE_90", "False", "INPUT.VERTICAL_FLIP", "False", "INPUT.CROP.ENABLED", "False",
+    "DATALOADER.NUM_WORKERS", "0",
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "2", "SOLVER.MAX_ITER", "10",
+    "SOLVER.CHECKPOINT_PERIOD", "5",
+]
+
+
+class Variant(NamedTuple):
+    name: str
+    config: str  # relative to the configs root (ROOT by default)
+    opts: List[str]
+
+
+def suite_variants(suite: str, dataset: str) -> List[Variant]:
+    """Every variant of ``suite`` on ``dataset``."""
+    if dataset not in DATASETS:
+        raise ValueError(f"--dataset must be one of {DATASETS}, got {dataset!r}")
+    extra = SYNTHETIC_OPTS if dataset == "synthetic" else []
+    folder = "trees" if dataset == "synthetic" else dataset  # synthetic: the trees configs, shrunk
+
+    def frcnn(v):
+        return f"configs/faster_rcnn_R50_{v}.yaml" if dataset == "coco" else f"configs/{folder}/{v}.yaml"
+
+    if suite == "retinanet":
+        cfg = "configs/retinanet_R50.yaml" if dataset == "coco" else f"configs/{folder}/retinanet.yaml"
+        return [Variant(name, cfg, opts + extra) for name, opts in RETINANET_VARIANTS.items()]
+    if suite == "rpn":
+        return [Variant(v, frcnn(v), list(extra)) for v in RPN_VARIANTS]
+    if suite == "rpn_lambda":
+        return [Variant(f"lambda_{lam:g}", frcnn("rpn_fl_sigmoid"),
+                        ["MODEL.FOCAL_RPN.CLS_LOSS_WEIGHT", str(lam)] + extra) for lam in RPN_LAMBDAS]
+    raise ValueError(f"--suite must be one of {SUITES}, got {suite!r}")
+
+
+def run_config(variant: Variant, seed: int, opts: List[str]):
+    """The full config a run of ``variant`` with ``seed`` and the extra ``opts`` trains."""
+    from ..config import load_config
+
+    return load_config(os.path.join(ROOT, variant.config), variant.opts + list(opts) + ["SEED", str(seed)])
+
+
+def run_dir(out: str, suite: str, dataset: str, variant: str, seed: int) -> str:
+    """The OUTPUT_DIR of one run (absolute: cluster jobs may start elsewhere)."""
+    return os.path.abspath(os.path.join(out, f"{suite}-{dataset}", variant, f"seed{seed}"))
+
+

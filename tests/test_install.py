@@ -1,0 +1,60 @@
+"""The package as a user installs it: `pip install .` (here into a folder of its own), every tool
+run from another folder, and every command the README names answering --help."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A non-editable install of the checkout (pip builds the wheel) into its own folder; built
+    from a copy of the sources, so that the build leaves nothing in the checkout."""
+    import shutil
+
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), src)
+    shutil.copytree(os.path.join(ROOT, "focal_rpn"), src / "focal_rpn",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    target = tmp_path_factory.mktemp("site")
+    p = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                        "--target", str(target), str(src)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return str(target)
+
+
+def _run(args, cwd, site, timeout=300):
+    env = {**os.environ, "PYTHONPATH": site}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _readme_tools():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    return sorted(set(re.findall(r"python -m (focal_rpn\.tools\.\w+)", text)))
+
+
+def test_readme_names_the_tools():
+    assert "focal_rpn.tools.ablate" in _readme_tools() and len(_readme_tools()) >= 7
+
+
+@pytest.mark.parametrize("module", _readme_tools())
+def test_every_readme_tool_answers_help_from_the_installed_package(module, installed, tmp_path):
+    p = _run(["-m", module, "--help"], str(tmp_path), installed)
+    assert p.returncode == 0 and "usage" in p.stdout.lower(), p.stdout + p.stderr
+
+
+def test_a_study_runs_from_another_folder(installed, tmp_path):
+    """The installed package alone (configs shipped inside it) trains a suite's run and reports it
+    into ./results of the folder it runs in."""
+    code = ("import focal_rpn, sys; assert focal_rpn.__file__.startswith(sys.argv[1]), focal_rpn.__file__; "
+            "from focal_rpn.tools import ablate; ablate.main(sys.argv[2:])")
+    p = _run(["-c", code, installed, "--suite", "retinanet", "--dataset", "synthetic", "--variants", "gamma_2",
+              "--out", "runs", "--results", "results", "--opts", "SOLVER.MAX_ITER", "2"], str(tmp_path), installed)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert (tmp_path / "results" / "synthetic" / "retinanet" / "gamma_2" / "seed0.json").is_file()
+    assert (tmp_path / "results" / "synthetic" / "retinanet" / "results.md").is_file()
