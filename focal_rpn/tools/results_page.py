@@ -10,6 +10,7 @@ options that rebuild it). The page keeps any hand-written text outside its gener
 README's block between ``<!-- results:<dataset>:begin -->`` and ``... :end -->`` is replaced.
 """
 import argparse
+import functools
 import glob
 import math
 import os
@@ -31,6 +32,7 @@ def suite_folders(root: str, dataset: str) -> List[Tuple[str, str]]:
             if glob.glob(os.path.join(r, dataset, suite, "*", "seed*.json"))]
 
 
+@functools.lru_cache(maxsize=None)  # one read per suite folder and call (each builds every run's config)
 def read_suite(results_root: str, dataset: str, suite: str) -> results.Summaries:
     variants = ablate.suite_variants(suite, dataset)
     by_name = {v.name: v for v in variants}
