@@ -396,3 +396,24 @@ def test_an_identical_run_of_another_suite_is_not_trained_again(tmp_path, capsys
     trained.clear()
     ablate.main(["--suite", "rpn_lambda", "--variants", "lambda_1", "lambda_3", "--seeds", "2", *common, "--opts", *FAST])
     assert trained == []
+
+
+@pytest.mark.parametrize("suite", ["rpn", "retinanet"])
+def test_the_readme_study_commands_change_no_committed_summary(suite, tmp_path, monkeypatch, capsys):
+    """`ablate --suite S --dataset trees --seeds 5` as the README writes it, on a copy of the
+    committed results/: every kept summary stays byte for byte (earlier recipes' included); only
+    runs without a summary are trained (here a stub stands in for the training)."""
+    from conftest import ROOT
+
+    shutil.copytree(os.path.join(ROOT, "results"), tmp_path / "results")
+    before = {p: p.read_bytes() for p in (tmp_path / "results").rglob("seed*.json")}
+    trained = []
+    monkeypatch.setattr(runner, "run_one", lambda v, seed, opts, *a: trained.append((v.name, seed)) or {
+        "variant": v.name, "seed": seed, "config_sha256": summaries.config_sha256(suites.run_config(v, seed, opts)),
+        "failed": {"cause": "not trained in this test", "iteration": 0, "log": "-"}})
+    with pytest.raises(SystemExit):  # the stub's runs are recorded as failed
+        ablate.main(["--suite", suite, "--dataset", "trees", "--seeds", "5", "--out", str(tmp_path / "runs"),
+                     "--results", str(tmp_path / "results")])
+    assert all(p.read_bytes() == data for p, data in before.items())
+    kept = {(p.parent.name, int(p.stem[4:])) for p in before if p.parent.parent == tmp_path / "results" / "trees" / suite}
+    assert trained and not set(trained) & kept
