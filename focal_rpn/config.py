@@ -53,6 +53,15 @@ def add_focal_rpn_config(cfg):
     _C.MODEL.ROI_BOX_HEAD.FOCAL_GAMMA = 2.0
     # < 0: no class weighting; a float: foreground classes α, background 1 - α.
     _C.MODEL.ROI_BOX_HEAD.FOCAL_ALPHA = -1.0
+    # Per-class weights of FocalROIHeads' classification loss (with FOCAL_GAMMA 0: weighted
+    # cross-entropy), for imbalance between object classes: [] none; ["frequency"]: w_c =
+    # 1 / ln(1.10 + f_c) from the share f_c of DATASETS.TRAIN's boxes (counted once, since a batch
+    # need not hold every class); or one number per foreground class, [w1, w2, ...]. Replaces
+    # FOCAL_ALPHA (set it < 0).
+    _C.MODEL.ROI_BOX_HEAD.CLASS_WEIGHTS = []
+    # The background class's weight with CLASS_WEIGHTS; < 0: the mean of the foreground weights
+    # (the design note's choice: background is neither rare nor common among the RoIs it samples).
+    _C.MODEL.ROI_BOX_HEAD.BACKGROUND_WEIGHT = -1.0
 
     # ---- Narrow ResNet-FPN backbone (BACKBONE.NAME "build_narrow_resnet_fpn_backbone") ----
     _C.MODEL.NARROW_RESNET = CN()

@@ -5,7 +5,7 @@ from typing import Callable, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from . import deeppcb
+from . import bccd, deeppcb
 from .synthetic import CLASS_NAMES as SYNTHETIC_CLASSES, prepare_synthetic
 from .trees import CLASS_NAMES as TREES_CLASSES, prepare_trees
 
@@ -19,8 +19,11 @@ _DATASETS = {
 }
 # Datasets read from $DETECTRON2_DATASETS: name -> (loader, the function that finds the data or
 # raises an error naming where it looked and where the dataset comes from, class names)
-_EXTERNAL = {name: (lambda split=name: deeppcb.load_deeppcb(split), deeppcb.deeppcb_root, deeppcb.CLASS_NAMES)
-             for name in deeppcb.SPLITS}
+_EXTERNAL = {
+    **{name: (lambda split=name: deeppcb.load_deeppcb(split), deeppcb.deeppcb_root, deeppcb.CLASS_NAMES, "deeppcb")
+       for name in deeppcb.SPLITS},
+    **{name: (lambda split=name: bccd.load_bccd(split), bccd.bccd_root, bccd.CLASS_NAMES, "coco") for name in bccd.SPLITS},
+}
 
 
 def _loader(name: str, prepare: Callable[[str], Tuple[str, str]], split: str):
@@ -38,18 +41,18 @@ def _loader(name: str, prepare: Callable[[str], Tuple[str, str]], split: str):
 
 
 def register_all() -> None:
-    """Registers trees_*, synthetic_* (built on first use) and deeppcb_* (read from
+    """Registers trees_*, synthetic_* (built on first use), deeppcb_* and bccd_* (read from
     $DETECTRON2_DATASETS on first use)."""
     for name, (prepare, split, classes) in _DATASETS.items():
         if name in DatasetCatalog.list():
             continue
         DatasetCatalog.register(name, _loader(name, prepare, split))
         MetadataCatalog.get(name).set(thing_classes=list(classes), evaluator_type="coco")
-    for name, (load, _, classes) in _EXTERNAL.items():
+    for name, (load, _, classes, evaluator) in _EXTERNAL.items():
         if name not in DatasetCatalog.list():
             DatasetCatalog.register(name, load)
             # "deeppcb": COCO's AP and the dataset's own measure (Trainer.build_evaluator)
-            MetadataCatalog.get(name).set(thing_classes=list(classes), evaluator_type="deeppcb")
+            MetadataCatalog.get(name).set(thing_classes=list(classes), evaluator_type=evaluator)
 
 
 def check_dataset(name: str) -> None:

@@ -77,24 +77,26 @@ def voc_class_names(root: str) -> List[str]:
     return sorted({n for _, xml in _voc_pairs(root) if xml for n, _ in _read_voc_objects(xml)[0]})
 
 
+def voc_dataset_dict(img: str, xml: str, image_id, class_names: List[str]) -> dict:
+    """The Detectron2 dataset dict of one image and its Pascal VOC XML ("" for none): boxes as
+    pixel edges (XYXY_ABS); real annotations hold zero-size boxes and boxes past the border, so
+    those are dropped / clipped, logged per file; an unknown class is an error naming the file."""
+    objs, (w, h) = _read_voc_objects(xml) if xml else ([], (0, 0))
+    if not (w and h):
+        with Image.open(img) as im:
+            w, h = im.size
+    for name, _ in objs:
+        if name not in class_names:
+            raise ValueError(f"{xml}: class {name!r} is not one of {class_names}")
+    boxes, keep = clip_boxes_xyxy([box for _, box in objs], w, h, xml)
+    annos = [{"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": class_names.index(objs[i][0]), "iscrowd": 0}
+             for box, i in zip(boxes, keep)]
+    return {"file_name": img, "image_id": image_id, "width": w, "height": h, "annotations": annos}
+
+
 def load_voc_folder(root: str, class_names: List[str]) -> List[dict]:
-    """Detectron2 dataset dicts of a VOC folder (boxes as pixel edges, XYXY_ABS)."""
-    index = {n: i for i, n in enumerate(class_names)}
-    dicts = []
-    for image_id, (img, xml) in enumerate(_voc_pairs(root)):
-        objs, (w, h) = _read_voc_objects(xml) if xml else ([], (0, 0))
-        if not (w and h):
-            with Image.open(img) as im:
-                w, h = im.size
-        for name, _ in objs:
-            if name not in index:
-                raise ValueError(f"{xml}: class {name!r} is not in {os.path.join(root, 'classes.txt')}: {class_names}")
-        # real annotations hold zero-size boxes and boxes past the border: dropped / clipped, logged per file
-        boxes, keep = clip_boxes_xyxy([box for _, box in objs], w, h, xml)
-        annos = [{"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": index[objs[i][0]], "iscrowd": 0}
-                 for box, i in zip(boxes, keep)]
-        dicts.append({"file_name": img, "image_id": image_id, "width": w, "height": h, "annotations": annos})
-    return dicts
+    """Detectron2 dataset dicts of a VOC folder (see :func:`voc_dataset_dict`)."""
+    return [voc_dataset_dict(img, xml, image_id, class_names) for image_id, (img, xml) in enumerate(_voc_pairs(root))]
 
 
 def load_checked_coco(json_file: str, image_root: str, name: str) -> List[dict]:
