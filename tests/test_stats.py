@@ -74,3 +74,21 @@ def test_generated_reading_of_hand_made_differences():
         "- not resolved: `b` on AP50, +0.50, within ±3.73 (3 pairs)",
         "- not resolved: `c` on AP50, 1 pair(s): no interval yet",
     ]
+
+
+def test_per_class_ap_and_its_paired_difference_in_the_report():
+    """Datasets of several classes: each class's AP and its paired Δ to the reference, by hand
+    (x is a's AP + 1 at every seed: Δ 1.00 exactly; b's APs are the reference's: Δ 0, unresolved)."""
+    from focal_rpn.study.summaries import tabulate
+
+    def run(v, seed, extra):
+        return {"variant": v, "seed": seed, "s_per_iter": 0.1, "peak_rss_mb": 1.0,
+                "metrics": {"bbox/AP": 10.0, "bbox/AP50": 20.0, **extra}}
+
+    runs = [run(v, s, {"bbox/AP-a": 5 + d + 0.1 * s, "bbox/AP-b": 7 + 0.5 * s}) for v, d in (("ref", 0), ("x", 1))
+            for s in range(3)]
+    md = tabulate(runs, ["ref", "x"], "ref", "t")
+    # mean of 5.0, 5.1, 5.2 with t(0.975, 2) = 4.303 x sd 0.1 / sqrt(3) = 0.248
+    assert "| ref | 5.10 ± 0.25 | 7.50 ± 1.24 |" in md and "| x | 1.00 ± 0.00 better | 0.00 ± 0.00 |" in md
+    one_class = [run(v, s, {"bbox/AP-tree": 1.0 + s}) for v in ("ref", "x") for s in range(2)]
+    assert "AP per class" not in tabulate(one_class, ["ref", "x"], "ref", "t")

@@ -296,7 +296,38 @@ def tabulate(summaries: List[dict], variants: List[str], reference: str, title: 
         cells = [c for m in metrics for c in (_fmt(diffs[v][m]), verdict(diffs[v][m]))]
         lines.append(f"| {v} | {len(set(by[v]) & set(ref))} | " + " | ".join(cells) + " |")
     lines += [""] + reading(diffs, reference)
+    lines += per_class_table(by, present, reference)
     return "\n".join(lines) + "\n"
+
+
+def per_class_table(by: Dict[str, Dict[int, dict]], present: List[str], reference: str) -> List[str]:
+    """Markdown lines for datasets of more than one class: each variant's COCO AP per class
+    (``bbox/AP-<class>``), mean ± 95% CI, and below the reference's row-pair the paired Δ per class
+    with its verdict; none for one class."""
+    classes = sorted({m[len("bbox/AP-"):] for runs in by.values() for r in runs.values() for m in r["metrics"]
+                      if m.startswith("bbox/AP-")})
+    if len(classes) < 2:
+        return []
+    keys = [f"bbox/AP-{c}" for c in classes]
+    lines = ["", "AP per class (COCO's AP at IoU 0.5:0.95), mean ± 95% CI; below it the paired Δ to "
+             f"`{reference}` per class, with `better`/`worse` where the interval excludes 0.", "",
+             "| variant | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for v in present:
+        lines.append(f"| {v} | " + " | ".join(_fmt(mean_ci([r["metrics"].get(k, math.nan) for r in by[v].values()]))
+                                               for k in keys) + " |")
+    ref = by.get(reference, {})
+    lines += ["", "| Δ to " + f"`{reference}` | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for v in present:
+        if v == reference:
+            continue
+        cells = []
+        for k in keys:
+            d = paired_difference({s: r["metrics"].get(k, math.nan) for s, r in by[v].items()},
+                                  {s: r["metrics"].get(k, math.nan) for s, r in ref.items()})
+            word = verdict(d)
+            cells.append(_fmt(d) + ("" if word == "not resolved" else f" {word}"))
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def reading(diffs: Dict[str, Dict[str, Interval]], reference: str, headline: str = "bbox/AP50",
