@@ -307,7 +307,8 @@ def test_config_differences_split_evaluation_from_training():
 
 
 # A value other than the default for each key added after the study's runs were made
-ADDED_KEY_VALUES = {"MODEL.ROI_ALIGN_IMPL": "gather"}
+ADDED_KEY_VALUES = {"MODEL.ROI_ALIGN_IMPL": "gather", "MODEL.ROI_BOX_HEAD.CLASS_WEIGHTS": ["frequency"],
+                    "MODEL.ROI_BOX_HEAD.BACKGROUND_WEIGHT": 0.5}
 
 
 @pytest.mark.parametrize("key", sorted(ADDED_KEY_VALUES))

@@ -41,7 +41,8 @@ SWITCHED_OFF_NODES = ("SOLVER.WEIGHT_AVERAGE",)
 
 # Keys added after runs were made, left out of the hash while they hold the value that builds what
 # those runs built (their default): such a run is the run as it was before the key existed.
-ADDED_KEYS = {"MODEL.ROI_ALIGN_IMPL": "torchvision"}
+ADDED_KEYS = {"MODEL.ROI_ALIGN_IMPL": "torchvision", "MODEL.ROI_BOX_HEAD.CLASS_WEIGHTS": [],
+              "MODEL.ROI_BOX_HEAD.BACKGROUND_WEIGHT": -1.0}
 
 
 def _parent(cfg, key: str):
