@@ -49,21 +49,38 @@ def test_every_coco_config_is_tested():
     assert len(CONFIGS) == 7 and "retinanet_R50.yaml" in CONFIGS
 
 
-@pytest.mark.parametrize("config", CONFIGS)
-def test_coco_config_trains_and_evaluates(config, coco_root, tmp_path):
+@pytest.fixture(scope="module")
+def coco_runs(coco_root, tmp_path_factory):
+    """Every COCO config trained and evaluated as `train_net.py --config-file ... OPTS` does it, in
+    one interpreter (one start-up instead of seven): {config: (output dir, its log)}."""
     import subprocess
     import sys
 
-    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", f"configs/{config}", *CPU_OPTS,
-           "OUTPUT_DIR", str(tmp_path)]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    out = tmp_path_factory.mktemp("coco_runs")
+    code = f"""
+import sys
+from detectron2.engine import default_argument_parser
+from focal_rpn.engine.main import main
+for config in sys.argv[1:]:
+    print("=== " + config, flush=True)
+    main(default_argument_parser().parse_args(["--config-file", "configs/" + config, *{CPU_OPTS!r},
+                                                "OUTPUT_DIR", {str(out)!r} + "/" + config]))
+"""
+    p = subprocess.run([sys.executable, "-c", code, *CONFIGS], cwd=ROOT, capture_output=True, text=True, timeout=900,
                        env={**os.environ, "DETECTRON2_DATASETS": coco_root})
     log = p.stdout + p.stderr
     assert p.returncode == 0, log[-4000:]
-    assert os.path.exists(tmp_path / "model_final.pth")
+    parts = log.split("=== ")[1:]
+    return {part.split("\n", 1)[0].strip(): (out / part.split("\n", 1)[0].strip(), part) for part in parts}
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_coco_config_trains_and_evaluates(config, coco_runs):
+    run_dir, log = coco_runs[config]
+    assert os.path.exists(run_dir / "model_final.pth")
     # inference over coco_2017_val and COCOEvaluator ran (after 2 iterations from random weights no
     # score passes the configs' 0.05 test threshold, so it reports "no predictions", not a table)
     assert "Start inference on 2 batches" in log and "Total inference time" in log
     assert "Evaluation results for bbox" in log or "No predictions from the model" in log
-    with open(tmp_path / "config.yaml") as f:
+    with open(run_dir / "config.yaml") as f:
         assert "coco_2017_train" in f.read()
