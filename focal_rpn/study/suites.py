@@ -8,7 +8,7 @@ from typing import Dict, List, NamedTuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The checkout around the package, if any: its results/ holds the committed summaries. Installed
 # without one, results/ of the working folder.
-CHECKOUT = os.path.dirname(ROOT) if os.path.isdir(os.path.join(os.path.dirname(ROOT), ".git")) else ""
+CHECKOUT = os.path.dirname(ROOT) if os.path.exists(os.path.join(os.path.dirname(ROOT), ".git")) else ""  # a worktree's .git is a file
 
 
 def default_results() -> str:
