@@ -107,7 +107,7 @@ def test_a_failed_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys, monkey
     assert "Failed runs" in md and "- ce seed 0: " in md
     capsys.readouterr()
     trained = []
-    monkeypatch.setattr(runner, "run_one", lambda v, seed, opts, *a: trained.append(v.name) or {
+    monkeypatch.setattr(runner, "run_one", lambda v, seed, opts, *a, **k: trained.append(v.name) or {
         "variant": v.name, "seed": seed, "config_sha256": summaries.config_sha256(suites.run_config(v, seed, opts)),
         "failed": {"cause": "E", "iteration": 1, "log": "l"}})
     with pytest.raises(SystemExit, match="1 run"):  # gamma_2 fails too; ce is not retried
@@ -129,12 +129,12 @@ def test_a_locked_run_is_skipped(tmp_path, capsys, monkeypatch):
     run = tmp_path / "runs" / "retinanet-synthetic" / "ce" / "seed0"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import time; from focal_rpn.study.lock import run_lock\n"
-        f"with run_lock({str(run)!r}) as other:\n    print(other, flush=True); time.sleep(120)")],
+        f"with run_lock({str(run)!r}) as lock:\n    print(lock.holder, flush=True); time.sleep(120)")],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "None"  # it holds the lock
         trained = []
-        monkeypatch.setattr(runner, "run_one", lambda *a: trained.append(a))
+        monkeypatch.setattr(runner, "run_one", lambda *a, **k: trained.append(a))
         monkeypatch.setattr(runner, "report", lambda *a: None)
         ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--variants", "ce", "--out",
                      str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--opts", *FAST])
@@ -142,8 +142,41 @@ def test_a_locked_run_is_skipped(tmp_path, capsys, monkeypatch):
     finally:
         holder.kill()  # no clean exit: the kernel releases the lock
         holder.wait()
-    with run_lock(str(run)) as other:
-        assert other is None
+    with run_lock(str(run)) as lock:
+        assert lock.holder is None
+
+
+def test_the_lock_outlives_a_killed_runner_while_its_training_lives(tmp_path):
+    """The runner hands the locked file to its training process: killing the runner leaves the run
+    locked until the training process ends too."""
+    import signal
+    import subprocess
+    import sys
+
+    from focal_rpn.study.lock import run_lock
+
+    run = tmp_path / "seed0"
+    runner_code = (
+        "import os, subprocess, sys; from focal_rpn.study.lock import run_lock\n"
+        f"with run_lock({str(run)!r}) as lock:\n"
+        "    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], pass_fds=(lock.fd,),\n"
+        "                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "    print(child.pid, flush=True)\n"
+        "    os.kill(os.getpid(), 9)\n")
+    p = subprocess.run([sys.executable, "-c", runner_code], capture_output=True, text=True, timeout=60)
+    child = int(p.stdout.split()[0])
+    try:
+        with run_lock(str(run)) as lock:
+            assert lock.holder is not None  # the runner is dead, its training child holds the run
+    finally:
+        os.kill(child, signal.SIGKILL)
+    import time
+    for _ in range(100):  # the child's exit closes the last descriptor of the locked file
+        with run_lock(str(run)) as lock:
+            if lock.holder is None:
+                break
+        time.sleep(0.05)
+    assert lock.holder is None
 
 
 def test_a_broken_summary_is_named(tmp_path):
@@ -384,7 +417,7 @@ def test_an_identical_run_of_another_suite_is_not_trained_again(tmp_path, capsys
             "wall_s": 5.0, "config_sha256": sha, "git_commit": "abc", "metrics": {"bbox/AP50": 12.5, "bbox/AP": 3.0}}
     summaries.write_summary(str(res / "synthetic" / "rpn" / "rpn_fl_sigmoid" / "seed0.json"), kept)
     trained = []
-    monkeypatch.setattr(runner, "run_one", lambda v, seed, *a: trained.append((v.name, seed)) or dict(
+    monkeypatch.setattr(runner, "run_one", lambda v, seed, *a, **k: trained.append((v.name, seed)) or dict(
         kept, variant=v.name, seed=seed, config_sha256=summaries.config_sha256(suites.run_config(v, seed, FAST)),
         metrics={"bbox/AP50": 1.0, "bbox/AP": 0.1}))
     ablate.main(["--suite", "rpn_lambda", "--variants", "lambda_1", "lambda_3", "--seeds", "2", *common, "--opts", *FAST])
@@ -409,7 +442,7 @@ def test_the_readme_study_commands_change_no_committed_summary(suite, tmp_path, 
     shutil.copytree(os.path.join(ROOT, "results"), tmp_path / "results")
     before = {p: p.read_bytes() for p in (tmp_path / "results").rglob("seed*.json")}
     trained = []
-    monkeypatch.setattr(runner, "run_one", lambda v, seed, opts, *a: trained.append((v.name, seed)) or {
+    monkeypatch.setattr(runner, "run_one", lambda v, seed, opts, *a, **k: trained.append((v.name, seed)) or {
         "variant": v.name, "seed": seed, "config_sha256": summaries.config_sha256(suites.run_config(v, seed, opts)),
         "failed": {"cause": "not trained in this test", "iteration": 0, "log": "-"}})
     with pytest.raises(SystemExit):  # the stub's runs are recorded as failed

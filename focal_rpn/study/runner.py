@@ -47,7 +47,7 @@ def set_aside_other_training(run_dir: str, cfg) -> None:
     print(f"{run_dir}: {why}; moved to {run_dir}.stale-{n}, training from scratch", flush=True)
 
 
-def run_one(variant: Variant, seed: int, opts: List[str], run_dir: str, num_gpus: int) -> dict:
+def run_one(variant: Variant, seed: int, opts: List[str], run_dir: str, num_gpus: int, lock_fd: int = -1) -> dict:
     """Trains and evaluates one run in a train_net process (resuming when it has a checkpoint).
     Returns its summary (without writing it): the metrics, or, when the process failed (a
     diverging loss, out of memory, a crash), a ``failed`` record of why, at which iteration, and
@@ -62,7 +62,9 @@ def run_one(variant: Variant, seed: int, opts: List[str], run_dir: str, num_gpus
     t0 = time.time()
     log_path = os.path.join(run_dir, "stdout.txt")
     with open(log_path, "a") as log:
-        proc = subprocess.Popen(cmd, cwd=os.path.dirname(ROOT), stdout=log, stderr=subprocess.STDOUT)
+        # the training process inherits the run's locked file: the run stays locked while it lives
+        proc = subprocess.Popen(cmd, cwd=os.path.dirname(ROOT), stdout=log, stderr=subprocess.STDOUT,
+                                pass_fds=(lock_fd,) if lock_fd >= 0 else ())
         _, status, usage = os.wait4(proc.pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
@@ -127,9 +129,9 @@ def run_local(jobs, args) -> int:
             print(f"{head}: failed before ({results.load_summary(path)['failed']['cause']}); --retry-failed runs it again")
             continue
         out = run_dir(args.out, args.suite, args.dataset, v.name, seed)
-        with run_lock(out) as other:
-            if other is not None:
-                print(f"{head}: being trained by {other} (lock {out}/run.lock), skipped")
+        with run_lock(out) as lock:
+            if lock.holder is not None:
+                print(f"{head}: being trained by {lock.holder} (lock {out}/run.lock), skipped")
                 continue
             if results.summary_state(path, expected) == "current":  # finished while we waited our turn
                 print(f"{head}: summary exists, skipped")
@@ -138,7 +140,7 @@ def run_local(jobs, args) -> int:
             eta = f", about {statistics.mean(durations) * (len(jobs) - i + 1) / 3600:.1f} h left" if durations else ""
             print(f"{head}: running{eta}", flush=True)
             t0 = time.time()
-            summary = run_one(v, seed, args.opts, out, args.num_gpus)
+            summary = run_one(v, seed, args.opts, out, args.num_gpus, lock_fd=lock.fd)
             results.write_summary(path, summary)
         if "failed" in summary:
             failed += 1

@@ -72,9 +72,9 @@ class StudyRun:
         dist_url = "auto" if self.nodes == 1 else f"tcp://{env.hostnames[0]}:{port}"
         args = self._args(env.node, dist_url)
         os.makedirs(self.run_dir, exist_ok=True)
-        with (run_lock(self.run_dir) if env.node == 0 else contextlib.nullcontext()) as other:
-            if other is not None:
-                print(f"{self.run_dir} is being trained by {other}: this job leaves it", flush=True)
+        with (run_lock(self.run_dir) if env.node == 0 else contextlib.nullcontext()) as lock:
+            if lock is not None and lock.holder is not None:
+                print(f"{self.run_dir} is being trained by {lock.holder}: this job leaves it", flush=True)
                 return None
             try:
                 launch(train_net_main, args.num_gpus, num_machines=args.num_machines,
