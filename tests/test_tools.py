@@ -139,6 +139,9 @@ def test_a_locked_run_is_skipped(tmp_path, capsys, monkeypatch):
         ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--variants", "ce", "--out",
                      str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--opts", *FAST])
         assert trained == [] and f"being trained by {os.uname().nodename} pid {holder.pid}" in capsys.readouterr().out
+        ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--variants", "ce", "--out",
+                     str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--status", "--opts", *FAST])
+        assert "1 runs: 1 running" in capsys.readouterr().out  # --status sees the local run by its lock
     finally:
         holder.kill()  # no clean exit: the kernel releases the lock
         holder.wait()

@@ -20,6 +20,21 @@ class RunLock(NamedTuple):
     fd: int  # the locked file's descriptor (valid inside the ``with`` block)
 
 
+def holder(run_dir: str) -> Optional[str]:
+    """"host pid N" of the process training ``run_dir`` now, or None. (It tries a shared lock for an
+    instant: a runner starting that very instant would find the run taken and skip it.)"""
+    path = os.path.join(run_dir, LOCK_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip() or "another process"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: str) -> Iterator[RunLock]:
     """Takes the lock of ``run_dir`` for the ``with`` block, or reports who holds it."""

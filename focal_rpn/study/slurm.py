@@ -232,11 +232,15 @@ def job_state(record: dict) -> Tuple[str, str]:
 
 
 def run_states(keys: List[Tuple[str, int, str]], expected: Dict[Tuple[str, int], str], ledger: dict,
-               rerun_stale: bool = False) -> Dict[Tuple[str, int], Tuple[str, str]]:
+               rerun_stale: bool = False, run_dirs: Optional[Dict[Tuple[str, int], str]] = None
+               ) -> Dict[Tuple[str, int], Tuple[str, str]]:
     """State and log path of every (variant, seed, summary path): done when its summary is
     current (``expected`` config hash), failed when its summary records a failure, "earlier
-    recipe" when it holds another config's summary (unless ``rerun_stale``), else from its job in
-    the ledger."""
+    recipe" when it holds another config's summary (unless ``rerun_stale``), running when its
+    folder (``run_dirs``) is locked by a live process (a local runner's), else from its job in the
+    ledger."""
+    from .lock import holder
+
     out = {}
     for name, seed, path in keys:
         summary_state = results.summary_state(path, expected[(name, seed)])
@@ -250,6 +254,10 @@ def run_states(keys: List[Tuple[str, int, str]], expected: Dict[Tuple[str, int],
             out[(name, seed)] = ("earlier recipe", path)
             continue
         record = ledger.get(f"{name}/seed{seed}")
+        owner = holder((run_dirs or {}).get((name, seed), ""))
+        if owner is not None:
+            out[(name, seed)] = ("running", f"locked by {owner}")
+            continue
         if record is None:
             out[(name, seed)] = ("not submitted", "")
             continue

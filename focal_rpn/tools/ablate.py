@@ -104,7 +104,9 @@ def main(argv=None):
     keys = [(v.name, seed, path) for v, seed, path, _ in jobs]
 
     def states():
-        return slurm.run_states(keys, expected, slurm.load_ledger(suite_dir), args.rerun_stale)
+        return slurm.run_states(keys, expected, slurm.load_ledger(suite_dir), args.rerun_stale,
+                                {(v.name, seed): run_dir(args.out, args.suite, args.dataset, v.name, seed)
+                                 for v, seed, _, _ in jobs})
 
     title = f"{args.suite} suite on {args.dataset}"
     if args.status:
