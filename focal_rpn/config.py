@@ -1,4 +1,6 @@
 """Config keys that focal_rpn adds to Detectron2's defaults."""
+import logging
+
 from detectron2.config import CfgNode as CN
 
 
@@ -62,6 +64,18 @@ def add_focal_rpn_config(cfg):
     # The background class's weight with CLASS_WEIGHTS; < 0: the mean of the foreground weights
     # (the design note's choice: background is neither rare nor common among the RoIs it samples).
     _C.MODEL.ROI_BOX_HEAD.BACKGROUND_WEIGHT = -1.0
+
+    # ---- Anchors fitted to the training boxes (focal_rpn/modeling/anchor_fit.py) ----
+    # True: before the model is built, SIZES (per level) and ASPECT_RATIOS are fitted to the boxes of
+    # DATASETS.TRAIN after the training augmentations, keeping their counts, to maximise the share
+    # of boxes with an anchor at the matcher's positive IoU. For data whose objects differ from
+    # the recipe's (a recipe's anchors are tuned to its own boxes). Logged as a table.
+    _C.MODEL.ANCHOR_GENERATOR.FIT = False
+    # Images drawn (fixed seed) for the fit: its cost, not its outcome, grows with more.
+    _C.MODEL.ANCHOR_GENERATOR.FIT_MAX_IMAGES = 1000
+    # Set by the fit, not by hand: the datasets SIZES / ASPECT_RATIOS were fitted to. The run's
+    # config.yaml then holds explicit anchors, so --eval-only, predict and export do not fit again.
+    _C.MODEL.ANCHOR_GENERATOR.FITTED_ON = ()
 
     # ---- Narrow ResNet-FPN backbone (BACKBONE.NAME "build_narrow_resnet_fpn_backbone") ----
     _C.MODEL.NARROW_RESNET = CN()
@@ -135,11 +149,30 @@ def model_num_classes(cfg) -> int:
     return cfg.MODEL.RETINANET.NUM_CLASSES if is_retinanet(cfg) else cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
 
-def load_config(config_file: str, opts=(), freeze: bool = True, check_datasets=None):
+def dense_anchor_keys(cfg):
+    """(the backbone outputs the anchors are laid on, the matcher's positive IoU threshold): of
+    RetinaNet's head, or of an R-CNN's RPN."""
+    if is_retinanet(cfg):
+        return list(cfg.MODEL.RETINANET.IN_FEATURES), cfg.MODEL.RETINANET.IOU_THRESHOLDS[-1]
+    return list(cfg.MODEL.RPN.IN_FEATURES), cfg.MODEL.RPN.IOU_THRESHOLDS[-1]
+
+
+def fit_config_anchors(cfg):
+    """(cfg with anchors fitted to DATASETS.TRAIN, the fit's table for the log) when
+    MODEL.ANCHOR_GENERATOR.FIT is on and not yet done; else (cfg, "")."""
+    from .modeling.anchor_fit import apply_anchor_fit, format_fit
+
+    in_features, threshold = dense_anchor_keys(cfg)
+    cfg, fit = apply_anchor_fit(cfg, in_features, threshold)
+    return cfg, (format_fit(fit, cfg.DATASETS.TRAIN, in_features, threshold) if fit is not None else "")
+
+
+def load_config(config_file: str, opts=(), freeze: bool = True, check_datasets=None, fit_anchors: bool = True):
     """Detectron2's defaults + focal_rpn's keys, then ``config_file`` and ``opts`` (KEY VALUE ...).
     Registers DATASETS.REGISTER (here, so that every tool and every launch() worker has them) and
     checks that the datasets ``check_datasets`` (default: DATASETS.TRAIN and TEST) have as many
-    classes as the model; inference tools pass only the datasets they read."""
+    classes as the model; inference tools pass only the datasets they read. With
+    MODEL.ANCHOR_GENERATOR.FIT (and ``fit_anchors``), the anchors are fitted to DATASETS.TRAIN."""
     from detectron2.config import get_cfg
 
     from .data.user_datasets import check_class_count, register_dataset
@@ -152,6 +185,10 @@ def load_config(config_file: str, opts=(), freeze: bool = True, check_datasets=N
     key = num_classes_key(cfg)
     check_class_count(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST) if check_datasets is None else check_datasets,
                       model_num_classes(cfg), key)
+    if fit_anchors:
+        cfg, message = fit_config_anchors(cfg)
+        if message:
+            logging.getLogger(__name__).info(message)
     if freeze:
         cfg.freeze()
     return cfg

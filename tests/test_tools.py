@@ -192,8 +192,19 @@ def test_a_broken_summary_is_named(tmp_path):
 
 def test_suites_and_references():
     for suite, ref in suites.REFERENCES.items():
-        names = [v.name for v in suites.suite_variants(suite, "trees")]
-        assert ref in names
+        for dataset in suites.DATASETS:
+            if (suite, dataset) == ("classes", "trees"):
+                with pytest.raises(ValueError, match="one class"):
+                    suites.suite_variants(suite, dataset)
+                continue
+            variants = suites.suite_variants(suite, dataset)
+            assert ref in [v.name for v in variants]
+            assert all(os.path.isfile(os.path.join(suites.ROOT, v.config)) for v in variants), (suite, dataset)
+    classes = {v.name: v for v in suites.suite_variants("classes", "bccd")}
+    assert classes["ce"].config == "configs/bccd/rpn_ce.yaml" and classes["ohem_1_3"].config == "configs/bccd/ohem_1_3.yaml"
+    assert classes["ce_freq"].opts == ["MODEL.ROI_BOX_HEAD.FOCAL_GAMMA", "0.0", "MODEL.ROI_BOX_HEAD.CLASS_WEIGHTS", "['frequency']"]
+    fit = suites.suite_variants("anchor_fit", "deeppcb")
+    assert [v.config for v in fit] == ["configs/deeppcb/trees_recipe.yaml"] * 2 and fit[1].opts == ["MODEL.ANCHOR_GENERATOR.FIT", "True"]
     lam = suites.suite_variants("rpn_lambda", "trees")
     assert [v.opts for v in lam] == [["MODEL.FOCAL_RPN.CLS_LOSS_WEIGHT", str(x)] for x in (0.1, 0.3, 1.0, 3.0)]
     assert all(v.config == "configs/trees/rpn_fl_sigmoid.yaml" for v in lam)
@@ -232,14 +243,23 @@ def test_visualize_writes_a_png(trained, tmp_path, capsys):
 def test_anchor_report_counts(tmp_path, capsys):
     from focal_rpn.tools import anchor_report
 
-    anchor_report.main(["--config-file", "configs/synthetic/retinanet.yaml", "--output", str(tmp_path)])
+    from detectron2.data import DatasetCatalog
+
+    anchor_report.main(["--config-file", "configs/synthetic/retinanet.yaml", "--output", str(tmp_path),
+                        "MODEL.ANCHOR_GENERATOR.FIT", "True"])
     rows = _rows(tmp_path / "anchor_report.csv")
-    assert len(rows) == 12
+    assert [r["anchors"] for r in rows] == ["the config's"] * 12 + ["fitted"] * 12  # before / after
     empty = [r for r in rows if r["positive"] == "0" and r["ignored"] == "0"]
-    assert len(empty) >= 1  # the background-only image: every anchor negative
+    assert len(empty) >= 2  # the background-only image: every anchor negative
     totals = {int(r["positive"]) + int(r["negative"]) + int(r["ignored"]) for r in rows}
-    assert len(totals) == 1  # same image size, same number of anchors
-    assert "negative:positive" in capsys.readouterr().out
+    assert len(totals) == 1  # same image size, same number of anchors (the fit keeps 9 per location)
+    boxes = [len(d["annotations"]) for d in DatasetCatalog.get("synthetic_train")]
+    assert [int(r["boxes"]) for r in rows] == boxes * 2
+    assert all(int(r["matched"]) <= int(r["boxes"]) for r in rows)
+    matched = {label: sum(int(r["matched"]) for r in rows if r["anchors"] == label) for label in ("the config's", "fitted")}
+    assert matched["fitted"] > matched["the config's"]
+    out = capsys.readouterr().out
+    assert "negative:positive" in out and "anchors fitted to the boxes of synthetic_train" in out
 
 
 def test_evaluation_view_counts_and_colours():
@@ -344,7 +364,8 @@ def test_config_differences_split_evaluation_from_training():
 
 # A value other than the default for each key added after the study's runs were made
 ADDED_KEY_VALUES = {"MODEL.ROI_ALIGN_IMPL": "gather", "MODEL.ROI_BOX_HEAD.CLASS_WEIGHTS": ["frequency"],
-                    "MODEL.ROI_BOX_HEAD.BACKGROUND_WEIGHT": 0.5}
+                    "MODEL.ROI_BOX_HEAD.BACKGROUND_WEIGHT": 0.5, "MODEL.ANCHOR_GENERATOR.FIT": True,
+                    "MODEL.ANCHOR_GENERATOR.FIT_MAX_IMAGES": 50, "MODEL.ANCHOR_GENERATOR.FITTED_ON": ("trees_train",)}
 
 
 @pytest.mark.parametrize("key", sorted(ADDED_KEY_VALUES))

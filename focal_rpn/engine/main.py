@@ -1,20 +1,31 @@
 """The training entry point: ``main(args)`` trains or evaluates one config. It lives in the
 library (importable, picklable) so that Detectron2's ``launch`` can start it in worker processes
 from any launcher (``focal_rpn.tools.train_net``, the study's SLURM jobs)."""
+import logging
+
 import torch.distributed
 from detectron2.engine import default_setup
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
-from ..config import load_config
+from ..config import fit_config_anchors, load_config
 from .checkpoint import load_weights_strict
 from .trainer import Trainer
 
 
 def setup(args):
     """The config of ``args`` (``--config-file`` and options), with Detectron2's default_setup
-    (logging, OUTPUT_DIR/config.yaml, seeding)."""
-    cfg = load_config(args.config_file, args.opts)
+    (logging, OUTPUT_DIR/config.yaml, seeding). Anchors fitted (MODEL.ANCHOR_GENERATOR.FIT) before
+    the config is written, so that the run's config.yaml holds them."""
+    cfg, fit_message = fit_config_anchors(load_config(args.config_file, args.opts, fit_anchors=False))
     default_setup(cfg, args)
+    # default_setup logs "detectron2" and "fvcore"; the project's own records (dataset defects
+    # dropped or clipped, class weights, the anchor fit) go to the same console and log.txt
+    # (setup_logger stops propagation; the root logger keeps receiving them, as by default, for
+    # whoever listens there: an embedding program, pytest's caplog)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_rpn").propagate = True
+    if fit_message:
+        logging.getLogger(__name__).info(fit_message)
     return cfg
 
 

@@ -17,12 +17,18 @@ def summarize(variant: Variant, seed: int, opts: List[str], run_dir: str, peak_r
     ran it."""
     cfg = run_config(variant, seed, opts)
     metrics = results.final_metrics(run_dir)
-    return {
+    summary = {
         "variant": variant.name, "seed": seed, "iterations": cfg.SOLVER.MAX_ITER,
         "s_per_iter": metrics.pop("s_per_iter"), "peak_rss_mb": peak_rss_mb, "wall_s": wall_s,
         "config_sha256": results.config_sha256(cfg), "config": results.comparable_config(cfg).dump(),
         "opts": list(opts), "git_commit": results.git_commit(ROOT), "metrics": metrics,
     }
+    if cfg.MODEL.ANCHOR_GENERATOR.FIT:  # the anchors the run fitted, from the config it wrote
+        from ..config import load_config
+
+        ag = load_config(os.path.join(run_dir, "config.yaml"), check_datasets=[]).MODEL.ANCHOR_GENERATOR
+        summary["anchors"] = {"sizes": [list(s) for s in ag.SIZES], "aspect_ratios": [list(r) for r in ag.ASPECT_RATIOS]}
+    return summary
 
 
 def set_aside_other_training(run_dir: str, cfg) -> None:

@@ -31,11 +31,25 @@ RETINANET_VARIANTS: Dict[str, List[str]] = {
 RPN_VARIANTS = ["rpn_ce", "rpn_fl_sigmoid", "rpn_fl_softmax", "ohem", "ohem_1_3", "roi_fl"]
 # λ of the sigmoid FocalRPN: the paper's 0.1 (set for a pretrained backbone) to 3.
 RPN_LAMBDAS = [0.1, 0.3, 1.0, 3.0]
+# Imbalance between object classes (the Faster R-CNN box classifier): cross-entropy, the focal
+# classifier, each with the classes weighted by their box frequency (w_c = 1 / ln(1.10 + f_c)),
+# and OHEM 1:3. Variant -> (two-stage config, options).
+CLASSES_VARIANTS: Dict[str, tuple] = {
+    "ce": ("rpn_ce", []),
+    "ce_freq": ("roi_fl", ["MODEL.ROI_BOX_HEAD.FOCAL_GAMMA", "0.0", "MODEL.ROI_BOX_HEAD.CLASS_WEIGHTS", "['frequency']"]),
+    "focal": ("roi_fl", []),
+    "focal_freq": ("roi_fl", ["MODEL.ROI_BOX_HEAD.CLASS_WEIGHTS", "['frequency']"]),
+    "ohem_1_3": ("ohem_1_3", []),
+}
+# The anchor fit on data a recipe was not tuned for: the trees RetinaNet recipe with its own
+# anchors, and with anchors fitted to the dataset's boxes.
+ANCHOR_FIT_VARIANTS: Dict[str, List[str]] = {"recipe_anchors": [], "fitted": ["MODEL.ANCHOR_GENERATOR.FIT", "True"]}
 # The variant every other one of a suite is compared with (paired by seed).
-REFERENCES = {"rpn": "rpn_ce", "retinanet": "gamma_2", "rpn_lambda": "lambda_1"}
+REFERENCES = {"rpn": "rpn_ce", "retinanet": "gamma_2", "rpn_lambda": "lambda_1", "classes": "ce",
+              "anchor_fit": "recipe_anchors"}
 SUITES = tuple(REFERENCES)
 # configs/<dataset>/ holds each dataset's recipes (coco: configs/*_R50*.yaml)
-DATASETS = ("trees", "deeppcb", "coco", "synthetic")
+DATASETS = ("trees", "deeppcb", "bccd", "coco", "synthetic")
 # Extra options turning a trees config into a seconds-long run on the synthetic shapes.
 SYNTHETIC_OPTS = [
     "DATASETS.TRAIN", "('synthetic_train',)", "DATASETS.TEST", "('synthetic_val',)",
@@ -72,6 +86,15 @@ def suite_variants(suite: str, dataset: str) -> List[Variant]:
     if suite == "rpn_lambda":
         return [Variant(f"lambda_{lam:g}", frcnn("rpn_fl_sigmoid"),
                         ["MODEL.FOCAL_RPN.CLS_LOSS_WEIGHT", str(lam)] + extra) for lam in RPN_LAMBDAS]
+    if suite == "classes":
+        if dataset == "trees":
+            raise ValueError("--suite classes compares class weights: trees has one class (use bccd)")
+        return [Variant(name, frcnn(cfg), opts + extra) for name, (cfg, opts) in CLASSES_VARIANTS.items()]
+    if suite == "anchor_fit":
+        # the trees recipe everywhere (configs/<dataset>/trees_recipe.yaml: only data and classes changed)
+        cfg = {"coco": "configs/retinanet_R50.yaml", "trees": "configs/trees/retinanet.yaml",
+               "synthetic": "configs/trees/retinanet.yaml"}.get(dataset, f"configs/{dataset}/trees_recipe.yaml")
+        return [Variant(name, cfg, opts + extra) for name, opts in ANCHOR_FIT_VARIANTS.items()]
     raise ValueError(f"--suite must be one of {SUITES}, got {suite!r}")
 
 
@@ -79,7 +102,9 @@ def run_config(variant: Variant, seed: int, opts: List[str]):
     """The full config a run of ``variant`` with ``seed`` and the extra ``opts`` trains."""
     from ..config import load_config
 
-    return load_config(os.path.join(ROOT, variant.config), variant.opts + list(opts) + ["SEED", str(seed)])
+    # as written, not fitted: a run's anchor fit happens in its training process
+    return load_config(os.path.join(ROOT, variant.config), variant.opts + list(opts) + ["SEED", str(seed)],
+                       fit_anchors=False)
 
 
 def run_dir(out: str, suite: str, dataset: str, variant: str, seed: int) -> str:

@@ -42,7 +42,12 @@ SWITCHED_OFF_NODES = ("SOLVER.WEIGHT_AVERAGE",)
 # Keys added after runs were made, left out of the hash while they hold the value that builds what
 # those runs built (their default): such a run is the run as it was before the key existed.
 ADDED_KEYS = {"MODEL.ROI_ALIGN_IMPL": "torchvision", "MODEL.ROI_BOX_HEAD.CLASS_WEIGHTS": [],
-              "MODEL.ROI_BOX_HEAD.BACKGROUND_WEIGHT": -1.0}
+              "MODEL.ROI_BOX_HEAD.BACKGROUND_WEIGHT": -1.0, "MODEL.ANCHOR_GENERATOR.FIT": False,
+              "MODEL.ANCHOR_GENERATOR.FIT_MAX_IMAGES": 1000, "MODEL.ANCHOR_GENERATOR.FITTED_ON": ()}
+
+# With MODEL.ANCHOR_GENERATOR.FIT on, the anchors are an output of the fit, not part of what a run
+# is: a run's config.yaml (fitted) and its variant's config (as written) describe the same run.
+FIT_OUTPUTS = ("SIZES", "ASPECT_RATIOS", "FITTED_ON")
 
 
 def _parent(cfg, key: str):
@@ -56,7 +61,7 @@ def _parent(cfg, key: str):
 def comparable_config(cfg):
     """A copy of ``cfg`` with OUTPUT_DIR blanked (where a run is written is not what it is),
     :data:`RESULT_NEUTRAL_KEYS` removed, :data:`SWITCHED_OFF_NODES` removed while off and
-    :data:`ADDED_KEYS` removed while at their default."""
+    :data:`ADDED_KEYS` removed while at their default; with anchors fitted, the :data:`FIT_OUTPUTS`."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.OUTPUT_DIR = ""
@@ -67,6 +72,9 @@ def comparable_config(cfg):
         parent, leaf = _parent(cfg, key)
         if parent.get(leaf) is not None and not parent[leaf].get("ENABLED", False):
             parent.pop(leaf)
+    if cfg.MODEL.ANCHOR_GENERATOR.get("FIT", False):
+        for leaf in FIT_OUTPUTS:
+            cfg.MODEL.ANCHOR_GENERATOR.pop(leaf, None)
     for key, default in ADDED_KEYS.items():
         parent, leaf = _parent(cfg, key)
         if leaf in parent and parent[leaf] == default:

@@ -5,7 +5,9 @@
 Anchors are labelled by the model's own matcher (RetinaNet: IoU ≥ 0.5 positive, < 0.4 negative;
 RPN: ≥ 0.7 / < 0.3) at the test-time input size, before any sampling. Prints the distribution
 over images and the negative:positive ratio (the RetinaNet paper's ~1000:1), and writes
-anchor_report.csv and anchor_report.png into --output.
+anchor_report.csv and anchor_report.png into --output. It also counts the boxes that have an anchor
+at the positive IoU (the matcher's fallback aside) and the positive anchors per box. With
+MODEL.ANCHOR_GENERATOR.FIT True, the config's anchors and the fitted ones are reported side by side.
 """
 import argparse
 import csv
@@ -17,12 +19,14 @@ from detectron2.data import DatasetCatalog, DatasetMapper, detection_utils as ut
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, pairwise_iou
 
-from ..config import load_config
+from ..config import dense_anchor_keys, fit_config_anchors, load_config
 
 
 @torch.no_grad()
-def count_anchor_labels(model, inputs):
-    """(positives, negatives, ignored) of one mapped image under the model's anchor matcher."""
+def count_anchor_labels(model, inputs, threshold: float):
+    """(positives, negatives, ignored, boxes, boxes matched) of one mapped image under the model's
+    anchor matcher; a box is matched when an anchor reaches ``threshold`` (the positive IoU) with it,
+    before the matcher's low-quality fallback gives every box its best anchor."""
     dense = model if hasattr(model, "anchor_matcher") else model.proposal_generator
     in_features = getattr(dense, "head_in_features", None) or dense.in_features
     images = model.preprocess_image([inputs])
@@ -30,9 +34,34 @@ def count_anchor_labels(model, inputs):
     anchors = Boxes.cat(dense.anchor_generator([features[f] for f in in_features]))
     gt = inputs["instances"].gt_boxes.to(anchors.device)
     if len(gt) == 0:
-        return 0, len(anchors), 0
-    _, labels = dense.anchor_matcher(pairwise_iou(gt, anchors))
-    return int((labels == 1).sum()), int((labels == 0).sum()), int((labels == -1).sum())
+        return 0, len(anchors), 0, 0, 0
+    iou = pairwise_iou(gt, anchors)
+    _, labels = dense.anchor_matcher(iou)
+    matched = int((iou.max(1).values >= threshold).sum())
+    return int((labels == 1).sum()), int((labels == 0).sum()), int((labels == -1).sum()), len(gt), matched
+
+
+def report(cfg, name: str, label: str):
+    """Rows (image, positive, negative, ignored, boxes, matched) of dataset ``name`` under ``cfg``'s
+    anchors, printed as a distribution over images."""
+    _, threshold = dense_anchor_keys(cfg)
+    model = build_model(cfg).eval()
+    mapper = DatasetMapper(cfg, is_train=True, augmentations=utils.build_augmentation(cfg, is_train=False))
+    rows = [(os.path.basename(d["file_name"]),) + count_anchor_labels(model, mapper(d), threshold)
+            for d in DatasetCatalog.get(name)]
+    counts = np.array([r[1:] for r in rows], dtype=float)
+    ag = cfg.MODEL.ANCHOR_GENERATOR
+    print(f"{name}, {label} anchors (sizes {ag.SIZES}, aspect ratios {ag.ASPECT_RATIOS}): {len(rows)} images, "
+          f"labelled by {cfg.MODEL.META_ARCHITECTURE}'s matcher")
+    print(f"{'per image':<12}{'min':>10}{'median':>10}{'mean':>10}{'max':>10}")
+    for i, kind in enumerate(["positive", "negative", "ignored"]):
+        c = counts[:, i]
+        print(f"{kind:<12}{c.min():>10.0f}{np.median(c):>10.0f}{c.mean():>10.1f}{c.max():>10.0f}")
+    boxes = max(counts[:, 3].sum(), 1)
+    print(f"negative:positive = {counts[:, 1].sum() / max(counts[:, 0].sum(), 1):.0f}:1, "
+          f"boxes with an anchor at IoU >= {threshold:g}: {100 * counts[:, 4].sum() / boxes:.1f}%, "
+          f"positive anchors per box: {counts[:, 0].sum() / boxes:.1f}")
+    return [(label,) + r for r in rows]
 
 
 def main(argv=None):
@@ -42,26 +71,17 @@ def main(argv=None):
     ap.add_argument("--output", default="output/anchor_report")
     ap.add_argument("opts", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts, fit_anchors=False)
     name = args.dataset or cfg.DATASETS.TRAIN[0]
-    model = build_model(cfg).eval()
-    mapper = DatasetMapper(cfg, is_train=True, augmentations=utils.build_augmentation(cfg, is_train=False))
-    rows = []
-    for d in DatasetCatalog.get(name):
-        pos, neg, ign = count_anchor_labels(model, mapper(d))
-        rows.append((os.path.basename(d["file_name"]), pos, neg, ign))
-    counts = np.array([r[1:] for r in rows], dtype=float)
-    print(f"{name}: {len(rows)} images, anchors labelled by {cfg.MODEL.META_ARCHITECTURE}'s matcher")
-    print(f"{'per image':<12}{'min':>10}{'median':>10}{'mean':>10}{'max':>10}")
-    for i, label in enumerate(["positive", "negative", "ignored"]):
-        c = counts[:, i]
-        print(f"{label:<12}{c.min():>10.0f}{np.median(c):>10.0f}{c.mean():>10.1f}{c.max():>10.0f}")
-    ratio = counts[:, 1].sum() / max(counts[:, 0].sum(), 1)
-    print(f"negative:positive = {ratio:.0f}:1")
+    fitted, message = fit_config_anchors(cfg)
+    rows = report(cfg, name, "the config's")
+    if message:  # MODEL.ANCHOR_GENERATOR.FIT: before and after
+        print(message)
+        rows += report(fitted, name, "fitted")
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "anchor_report.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "positive", "negative", "ignored"])
+        w.writerow(["anchors", "image", "positive", "negative", "ignored", "boxes", "matched"])
         w.writerows(rows)
     import matplotlib
 
@@ -69,10 +89,14 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(counts[:, 1] / np.maximum(counts[:, 0], 1), bins=20)
+    for label in dict.fromkeys(r[0] for r in rows):
+        c = np.array([r[2:5] for r in rows if r[0] == label], dtype=float)
+        ratio = c[:, 1].sum() / max(c[:, 0].sum(), 1)
+        ax.hist(c[:, 1] / np.maximum(c[:, 0], 1), bins=20, alpha=0.6, label=f"{label} anchors: {ratio:.0f}:1 overall")
     ax.set_xlabel("negative : positive anchors per image")
     ax.set_ylabel("images")
-    ax.set_title(f"{name}: overall {ratio:.0f}:1")
+    ax.set_title(name)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(args.output, "anchor_report.png"), dpi=120)
     print(f"Written: {os.path.abspath(args.output)}/anchor_report.csv, anchor_report.png")
