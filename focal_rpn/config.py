@@ -22,6 +22,10 @@ def add_focal_rpn_config(cfg):
     # OHEM: NMS over anchors scored by their loss, then the hardest anchors per image are kept.
     _C.MODEL.RETINANET.OHEM_NMS_THRESH = 0.5
     _C.MODEL.RETINANET.OHEM_BATCH_SIZE_PER_IMAGE = 128
+    # Negatives in the classification loss per positive anchor, drawn at random per image; 0: all
+    # of them (the paper). The imbalance sweep's dial (study suite "sweep"): it changes how many
+    # negatives the loss sees, not which anchors exist or how they are labelled.
+    _C.MODEL.RETINANET.NEG_POS_RATIO = 0.0
     # "ema": Detectron2's moving average of the number of positives (matches the d2 zoo);
     # "num_pos": the paper's per-batch number of positive anchors.
     _C.MODEL.RETINANET.LOSS_NORMALIZER = "ema"

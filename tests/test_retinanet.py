@@ -127,3 +127,76 @@ def test_gamma_0_with_alpha_075_is_alpha_balanced_ce(make_cfg):
     (a, ga), (b, gb) = out
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(x, y) for x, y in zip(ga, gb))
+
+
+def test_negative_sampling_keeps_positives_and_r_negatives_per_positive():
+    """MODEL.RETINANET.NEG_POS_RATIO r: per image every positive and round(r · #positives)
+    negatives (all when fewer; r per missing positive on an image without any), never an ignored
+    anchor, each negative about equally likely."""
+    from focal_rpn.modeling.focal_retinanet import FocalRetinaNet
+
+    k = 3  # classes; label 3 = background, -1 = ignored
+    labels = torch.full((3, 1000), k)
+    labels[0, :5] = torch.tensor([0, 1, 2, 0, 1])
+    labels[0, 5:20] = -1
+    labels[1, :40] = 2  # 40 positives, 960 negatives: 4 x 40 = 160 kept
+    labels[2, 990:] = -1  # no positive: r negatives
+    model = FocalRetinaNet.__new__(FocalRetinaNet)
+    model.num_classes, model.neg_pos_ratio = k, 4.0
+    torch.manual_seed(0)
+    counts = torch.zeros(1000)
+    for _ in range(200):
+        keep = model._sampled_negatives(labels)
+        assert (labels[keep] == k).all()
+        assert keep.sum(1).tolist() == [20, 160, 4]
+        counts += keep[0].float()
+    # image 0: 20 of its 980 negatives per draw; each one's frequency ~ Binomial(200, 20/980)
+    freq = counts[20:] / 200
+    assert abs(freq.mean().item() - 20 / 980) < 1e-6 and freq.max().item() < 0.1
+
+
+def test_negative_sampling_loss_is_focal_loss_over_the_kept_anchors(make_cfg):
+    """With NEG_POS_RATIO 2 the classification loss is torchvision's sigmoid focal loss summed over
+    the positives and the drawn negatives only (same draw), over the normaliser; the logged ratio
+    of negatives to positives in the loss is 2."""
+    from torchvision.ops import sigmoid_focal_loss as tv_focal
+
+    cfg = make_cfg("configs/synthetic/retinanet.yaml", "MODEL.RETINANET.NEG_POS_RATIO", "2.0",
+                   "MODEL.RETINANET.LOSS_NORMALIZER", "num_pos")
+    model = build_model(cfg).train()
+    batch = _batch(cfg, 2, start=1)
+    captured = {}
+    orig = model._sampled_negatives
+
+    def spy(gt_labels):
+        captured["labels"] = gt_labels
+        captured["keep"] = orig(gt_labels)
+        return captured["keep"]
+
+    model._sampled_negatives = spy
+    orig_losses = model.losses
+
+    def keep_logits(anchors, pred_logits, gt_labels, *rest):
+        captured["logits"] = torch.cat(pred_logits, 1).detach()
+        return orig_losses(anchors, pred_logits, gt_labels, *rest)
+
+    model.losses = keep_logits
+    with EventStorage() as storage:
+        losses = model(batch)
+        ratio = storage.latest()["retinanet/loss_neg_pos_ratio"][0]
+    labels, keep, logits = captured["labels"], captured["keep"], captured["logits"]
+    pos = (labels >= 0) & (labels != model.num_classes)
+    sel = pos | keep
+    targets = torch.zeros_like(logits)
+    targets[pos] = torch.nn.functional.one_hot(labels[pos], model.num_classes).float()
+    expected = tv_focal(logits[sel].double(), targets[sel].double(), alpha=0.25, gamma=2.0, reduction="sum")
+    expected = expected / max(int(pos.sum()), 1)
+    torch.testing.assert_close(losses["loss_cls"].double(), expected, rtol=1e-5, atol=1e-7)
+    assert ratio == pytest.approx(keep.sum().item() / pos.sum().item()) and ratio == pytest.approx(2.0, abs=0.05)
+
+
+def test_negative_sampling_is_refused_with_ohem(make_cfg):
+    cfg = make_cfg("configs/synthetic/retinanet.yaml", "MODEL.RETINANET.LOSS_TYPE", "ohem",
+                   "MODEL.RETINANET.NEG_POS_RATIO", "3.0")
+    with pytest.raises(ValueError, match="NEG_POS_RATIO"):
+        build_model(cfg)

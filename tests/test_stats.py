@@ -92,3 +92,36 @@ def test_per_class_ap_and_its_paired_difference_in_the_report():
     assert "| ref | 5.10 ± 0.25 | 7.50 ± 1.24 |" in md and "| x | 1.00 ± 0.00 better | 0.00 ± 0.00 |" in md
     one_class = [run(v, s, {"bbox/AP-tree": 1.0 + s}) for v in ("ref", "x") for s in range(2)]
     assert "AP per class" not in tabulate(one_class, ["ref", "x"], "ref", "t")
+
+
+def test_sweep_points_and_slope_against_numpy_least_squares():
+    """The sweep's paired differences per point and the slope of FL − CE against log10(measured
+    ratio), checked against numpy's least squares (polyfit, covariance scaled by the residuals)."""
+    import numpy as np
+
+    from focal_rpn.study import sweep
+    from focal_rpn.study.suites import SWEEP_RATIOS, sweep_name
+
+    rng = np.random.RandomState(0)
+    measured = {10: 10.0, 40: 39.0, 160: 150.0, 0: 650.0}
+    summaries = []
+    for r in SWEEP_RATIOS:
+        for seed in range(4):
+            base = 50 + rng.normal(0, 1)
+            gain = 0.5 + 2.0 * np.log10(measured[r]) + rng.normal(0, 0.5)
+            for loss, ap in (("fl", base + gain), ("ce", base), ("alpha_ce", base + 1.0)):
+                summaries.append({"variant": sweep_name(loss, r), "seed": seed,
+                                  "metrics": {"bbox/AP": ap, "retinanet/loss_neg_pos_ratio": measured[r]}})
+    pts = sweep.points(summaries)
+    assert [p.setting for p in pts] == [10, 40, 160, 0] and [p.ratio for p in pts] == [10.0, 39.0, 150.0, 650.0]
+    for p in pts:
+        d = [p.values["fl"][s] - p.values["ce"][s] for s in range(4)]
+        assert p.diffs["fl-ce"].mean == pytest.approx(np.mean(d))
+    xs = np.repeat(np.log10([10.0, 39.0, 150.0, 650.0]), 4)
+    ys = np.array([p.values["fl"][s] - p.values["ce"][s] for p in pts for s in range(4)])
+    coef, cov = np.polyfit(xs, ys, 1, cov=True)
+    s = sweep.slope(pts, "fl", "ce")
+    assert s.mean == pytest.approx(coef[0]) and s.std == pytest.approx(np.sqrt(cov[0, 0]))
+    assert s.n == 16 and s.half_width == pytest.approx(2.1448 * np.sqrt(cov[0, 0]), rel=1e-3)  # t(0.975, 14)
+    md = sweep.markdown(pts)
+    assert "grows with the ratio" in md and "| all | 650:1 | 4 |" in md

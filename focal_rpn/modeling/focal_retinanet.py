@@ -30,6 +30,7 @@ class FocalRetinaNet(RetinaNet):
         fl_star_beta: float = 1.0,
         ohem_nms_thresh: float = 0.5,
         ohem_batch_size_per_image: int = 128,
+        neg_pos_ratio: float = 0.0,
         **kwargs,
     ):
         """
@@ -38,6 +39,9 @@ class FocalRetinaNet(RetinaNet):
             loss_normalizer: "ema" (Detectron2's moving average of #positives) or "num_pos".
             fl_star_gamma, fl_star_beta: FL* parameters.
             ohem_nms_thresh, ohem_batch_size_per_image: OHEM selection (per image).
+            neg_pos_ratio: 0 puts every negative anchor in the classification loss (the paper);
+                r > 0 a uniformly random r negatives per positive of each image (the imbalance
+                sweep's dial: the count of negatives in the loss, their mix of easy and hard kept).
             kwargs: everything :class:`detectron2.modeling.RetinaNet` takes.
         """
         super().__init__(**kwargs)
@@ -53,6 +57,10 @@ class FocalRetinaNet(RetinaNet):
         self.fl_star_beta = fl_star_beta
         self.ohem_nms_thresh = ohem_nms_thresh
         self.ohem_batch_size_per_image = ohem_batch_size_per_image
+        if neg_pos_ratio < 0 or (neg_pos_ratio > 0 and loss_type.startswith("ohem")):
+            raise ValueError(f"MODEL.RETINANET.NEG_POS_RATIO must be >= 0 (0: every negative), and 0 with the OHEM "
+                             f"loss types, which choose their own negatives; got {neg_pos_ratio} with {loss_type!r}")
+        self.neg_pos_ratio = neg_pos_ratio
 
     @classmethod
     def from_config(cls, cfg):
@@ -65,6 +73,7 @@ class FocalRetinaNet(RetinaNet):
             fl_star_beta=c.FL_STAR_BETA,
             ohem_nms_thresh=c.OHEM_NMS_THRESH,
             ohem_batch_size_per_image=c.OHEM_BATCH_SIZE_PER_IMAGE,
+            neg_pos_ratio=c.NEG_POS_RATIO,
         )
         return ret
 
@@ -83,6 +92,10 @@ class FocalRetinaNet(RetinaNet):
             loss_cls = self._ohem_cls_loss(Boxes.cat(anchors).tensor, logits, gt_labels)
         else:
             valid = gt_labels >= 0
+            if self.neg_pos_ratio > 0:
+                valid &= self._sampled_negatives(gt_labels) | pos_mask
+            get_event_storage().put_scalar("retinanet/loss_neg_pos_ratio",
+                                           float((valid & ~pos_mask).sum()) / max(int(pos_mask.sum()), 1))
             loss_cls = self._cls_loss(logits[valid], gt_labels[valid]) / normalizer
 
         loss_box_reg = _dense_box_regression_loss(
@@ -95,6 +108,16 @@ class FocalRetinaNet(RetinaNet):
             smooth_l1_beta=self.smooth_l1_beta,
         )
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
+
+    def _sampled_negatives(self, gt_labels):
+        """(N, R) bool: per image, round(neg_pos_ratio · max(#positives, 1)) negative anchors drawn
+        uniformly without replacement (all of them when there are fewer)."""
+        keep = torch.zeros_like(gt_labels, dtype=torch.bool)
+        for i, labels in enumerate(gt_labels):
+            neg = torch.nonzero(labels == self.num_classes).squeeze(1)
+            k = min(neg.numel(), int(round(self.neg_pos_ratio * max(int((labels >= 0).sum()) - neg.numel(), 1))))
+            keep[i, neg[torch.randperm(neg.numel(), device=neg.device)[:k]]] = True
+        return keep
 
     def _cls_loss(self, logits, labels, reduction="sum"):
         """Classification loss of (M, K) logits against (M,) labels in [0, K] (K = background)."""

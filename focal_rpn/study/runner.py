@@ -7,7 +7,7 @@ import sys
 import time
 from typing import List
 
-from . import summaries as results
+from . import summaries as results, sweep
 from .suites import REFERENCES, ROOT, Variant, run_config, run_dir
 
 
@@ -94,6 +94,11 @@ def report(variants: List[Variant], suite: str, dataset: str, results_dir: str, 
     if not (groups.current or groups.earlier or groups.failed):
         raise SystemExit(f"no summary under {out_dir}: nothing to report")
     md = results.write_report(groups, names, REFERENCES[suite], out_dir, f"{suite} suite on {dataset}")
+    if suite == "sweep":  # and its own reading: the gain of FL against the measured imbalance
+        section = sweep.write(groups.current, out_dir, f"imbalance sweep on {dataset}")
+        md += "\n" + section
+        with open(os.path.join(out_dir, "results.md"), "a") as f:
+            f.write("\n" + section)
     print(md)
     print(f"Results: {os.path.abspath(out_dir)}/results.md, results.csv, results.png")
     return md

@@ -44,9 +44,22 @@ CLASSES_VARIANTS: Dict[str, tuple] = {
 # The anchor fit on data a recipe was not tuned for: the trees RetinaNet recipe with its own
 # anchors, and with anchors fitted to the dataset's boxes.
 ANCHOR_FIT_VARIANTS: Dict[str, List[str]] = {"recipe_anchors": [], "fitted": ["MODEL.ANCHOR_GENERATOR.FIT", "True"]}
+# The imbalance sweep: CE, α-balanced CE and FL (γ = 2, α = 0.25) while the negatives in the loss
+# per positive are dialled (MODEL.RETINANET.NEG_POS_RATIO; 0: all, ~690:1 on DeepPCB's boards).
+# Anchors, labels, data and budget stay the same; the loss sees fewer negatives, in the same mix of
+# easy and hard. Anchor density, the other dial at hand, moved DeepPCB's ratio only 458:1 -> 760:1
+# from 1 to 25 anchors per location (positives grow with the anchors; docs/results/deeppcb.md).
+SWEEP_LOSSES = {"ce": "ce", "alpha_ce": "alpha_ce", "fl": "gamma_2"}  # name -> RETINANET_VARIANTS key
+SWEEP_RATIOS = (10, 40, 160, 0)
+
+
+def sweep_name(loss: str, ratio: float) -> str:
+    return f"{loss}_{'all' if ratio == 0 else f'neg{ratio:g}'}"
+
+
 # The variant every other one of a suite is compared with (paired by seed).
 REFERENCES = {"rpn": "rpn_ce", "retinanet": "gamma_2", "rpn_lambda": "lambda_1", "classes": "ce",
-              "anchor_fit": "recipe_anchors"}
+              "anchor_fit": "recipe_anchors", "sweep": "fl_all"}
 SUITES = tuple(REFERENCES)
 # configs/<dataset>/ holds each dataset's recipes (coco: configs/*_R50*.yaml)
 DATASETS = ("trees", "deeppcb", "bccd", "coco", "synthetic")
@@ -90,6 +103,10 @@ def suite_variants(suite: str, dataset: str) -> List[Variant]:
         if dataset == "trees":
             raise ValueError("--suite classes compares class weights: trees has one class (use bccd)")
         return [Variant(name, frcnn(cfg), opts + extra) for name, (cfg, opts) in CLASSES_VARIANTS.items()]
+    if suite == "sweep":
+        cfg = "configs/retinanet_R50.yaml" if dataset == "coco" else f"configs/{folder}/retinanet.yaml"
+        return [Variant(sweep_name(loss, r), cfg, RETINANET_VARIANTS[key] + (["MODEL.RETINANET.NEG_POS_RATIO", str(float(r))] if r else []) + extra)
+                for r in SWEEP_RATIOS for loss, key in SWEEP_LOSSES.items()]
     if suite == "anchor_fit":
         # the trees recipe everywhere (configs/<dataset>/trees_recipe.yaml: only data and classes changed)
         cfg = {"coco": "configs/retinanet_R50.yaml", "trees": "configs/trees/retinanet.yaml",

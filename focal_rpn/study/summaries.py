@@ -43,7 +43,8 @@ SWITCHED_OFF_NODES = ("SOLVER.WEIGHT_AVERAGE",)
 # those runs built (their default): such a run is the run as it was before the key existed.
 ADDED_KEYS = {"MODEL.ROI_ALIGN_IMPL": "torchvision", "MODEL.ROI_BOX_HEAD.CLASS_WEIGHTS": [],
               "MODEL.ROI_BOX_HEAD.BACKGROUND_WEIGHT": -1.0, "MODEL.ANCHOR_GENERATOR.FIT": False,
-              "MODEL.ANCHOR_GENERATOR.FIT_MAX_IMAGES": 1000, "MODEL.ANCHOR_GENERATOR.FITTED_ON": ()}
+              "MODEL.ANCHOR_GENERATOR.FIT_MAX_IMAGES": 1000, "MODEL.ANCHOR_GENERATOR.FITTED_ON": (),
+              "MODEL.RETINANET.NEG_POS_RATIO": 0.0}
 
 # With MODEL.ANCHOR_GENERATOR.FIT on, the anchors are an output of the fit, not part of what a run
 # is: a run's config.yaml (fitted) and its variant's config (as written) describe the same run.
@@ -105,20 +106,30 @@ def git_commit(root: str) -> str:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+# Training scalars whose median over a run's logged iterations goes into its summary: the anchor
+# imbalance it trained under (RetinaNet's labelled anchors, and the negatives its loss saw).
+LOGGED_MEDIANS = ("retinanet/neg_pos_ratio", "retinanet/loss_neg_pos_ratio", "retinanet/num_pos_per_image",
+                  "retinanet/num_neg_per_image")
+
+
 def final_metrics(run_dir: str) -> Dict[str, float]:
-    """The last evaluation's bbox/*, box_proposals/* and deeppcb/* values and the median training step time
-    (``s_per_iter``) from a run's metrics.json."""
+    """The last evaluation's bbox/*, box_proposals/* and deeppcb/* values, the median training step time
+    (``s_per_iter``) and the medians of :data:`LOGGED_MEDIANS` from a run's metrics.json."""
     out: Dict[str, float] = {}
     times = []
+    logged: Dict[str, List[float]] = {k: [] for k in LOGGED_MEDIANS}
     with open(os.path.join(run_dir, "metrics.json")) as f:
         for line in f:
             row = json.loads(line)
             if "time" in row:
                 times.append(row["time"])
             out.update({k: v for k, v in row.items() if k.startswith(("bbox/", "box_proposals/", "deeppcb/"))})
+            for k in logged.keys() & row.keys():
+                logged[k].append(row[k])
     if "bbox/AP50" not in out:
         raise ValueError(f"{run_dir}/metrics.json has no evaluation (bbox/AP50): the run did not finish")
     out["s_per_iter"] = statistics.median(times) if times else math.nan
+    out.update({k: statistics.median(v) for k, v in logged.items() if v})
     return out
 
 
