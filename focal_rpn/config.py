@@ -98,7 +98,7 @@ def add_focal_rpn_config(cfg):
     _C.MODEL.CHANNELS_LAST = False
     # Threads for per-image work that PyTorch runs on one CPU core: RoIAlign's backward and the
     # RPN's proposal selection (top-k, NMS) take a range of the batch's images each. Bitwise the
-    # same results as 1; on 2 cores the trees Faster R-CNN step is faster (README, Performance).
+    # same results as 1; on 2 cores the trees Faster R-CNN step is faster (docs/performance.md).
     _C.MODEL.IMAGE_THREADS = 1
     # RoIAlign's implementation on a CPU: "torchvision" (Detectron2's layer) or "gather" (the same
     # sampling as a weighted gather and its sparse transpose, focal_rpn/layers/gather_roi_align.py;
@@ -116,7 +116,7 @@ def add_focal_rpn_config(cfg):
     # after START_ITER iterations, every PERIOD after that, and after the last one; BatchNorm
     # statistics are averaged too. On the trees photographs one late snapshot is a noisy pick and
     # the mean of iterations 400-650 scored +3.4 AP50 (RetinaNet) and +1.7 (Faster R-CNN) over the
-    # last one (README). Training is untouched; with CHECKPOINT_PERIOD dividing START_ITER and
+    # last one (docs/recipes.md). Training is untouched; with CHECKPOINT_PERIOD dividing START_ITER and
     # PERIOD, the average of a run trained without it is rebuilt from its checkpoints.
     _C.SOLVER.WEIGHT_AVERAGE = CN()
     _C.SOLVER.WEIGHT_AVERAGE.ENABLED = False

@@ -1,7 +1,7 @@
 """Cheaper training augmentations for aerial photographs (same distributions as Detectron2's).
 
 On a 2-core CPU the data loader competes with the training step for the same cores, so every
-millisecond per image counts (README, Performance):
+millisecond per image counts (docs/performance.md):
 
 - :class:`RandomRotate90` rotates by a multiple of 90° with ``np.rot90`` (exact, a view) instead of
   an affine warp over every pixel (``T.RandomRotation``);

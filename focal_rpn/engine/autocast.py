@@ -2,7 +2,7 @@
 
 Detectron2's AMPTrainer is CUDA-only (float16 + GradScaler, and it asserts CUDA). On a CPU with
 bfloat16 units (AVX512-BF16, AMX) the trees RetinaNet training step took 0.50x the float32 time
-under ``torch.autocast("cpu", torch.bfloat16)`` (README, Performance); bfloat16 has float32's exponent range, so no loss
+under ``torch.autocast("cpu", torch.bfloat16)`` (docs/performance.md); bfloat16 has float32's exponent range, so no loss
 scaling is needed. Parameters, gradients and the optimizer state stay float32.
 """
 import torch

@@ -10,7 +10,7 @@ used by ``ablate --reevaluate``), with the same arithmetic, bit for bit.
 
 Why: on the trees photographs a single late snapshot is a noisy pick (AP50 moves by several points
 between checkpoints 100 iterations apart); averaging the last four (iterations 400-650 of 650)
-measured +3.4 AP50 on 17 RetinaNet runs and +1.7 on 18 Faster R-CNN runs (README, results/trees/tuning).
+measured +3.4 AP50 on 17 RetinaNet runs and +1.7 on 18 Faster R-CNN runs (docs/recipes.md).
 """
 import logging
 import os

@@ -2,7 +2,7 @@
 
 torchvision's CPU RoIAlign walks every RoI, channel, bin and sampling point in scalar loops, and
 its backward scatters into the feature map on one core: in the trees Faster R-CNN training step
-(8 images, 256 RoIs each, 64 channels) it was the largest single cost (README, Performance).
+(8 images, 256 RoIs each, 64 channels) it was the largest single cost (docs/performance.md).
 The same arithmetic is a sparse matrix: each output bin is a weighted sum of at most
 4 x grid_h x grid_w feature-map pixels (the bilinear corners of its sampling points). Here the
 indices and weights are computed once per call, vectorised; the forward is

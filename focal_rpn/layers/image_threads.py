@@ -1,7 +1,7 @@
 """MODEL.IMAGE_THREADS: per-image work that PyTorch runs on one CPU core, split by image over threads.
 
-Profiled in the trees Faster R-CNN training step (8 images of 400 px, 256 RoIs each, README
-"Performance"), two single-threaded kernels take a quarter of it while the second core idles:
+Profiled in the trees Faster R-CNN training step (8 images of 400 px, 256 RoIs each,
+docs/performance.md), two single-threaded kernels take a quarter of it while the second core idles:
 torchvision's RoIAlign backward (~0.26 s of ~1 s) and the RPN's per-image NMS (~0.08 s). Both
 treat every image on its own, so the images are split into contiguous ranges, one range per
 thread (PyTorch releases the GIL inside its ops). Each image's result is computed by the same
