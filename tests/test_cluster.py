@@ -158,18 +158,54 @@ def test_submitit_suite_preempted_killed_resumed_and_reported(tmp_path, capsys):
     assert "| ce | 2 |" in md and "| gamma_2 | 2 |" in md
 
 
-def test_submitit_run_of_two_processes(tmp_path, capsys):
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_submitit_run_of_two_processes_preempted_and_requeued(tmp_path, capsys):
     """--gpus-per-run 2 on a CPU: Detectron2's launch starts 2 gloo workers inside the job (its
-    entry point must pickle), they train and evaluate, and node 0 writes the summary."""
-    res = tmp_path / "results"
-    ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--variants", "gamma_2", "--out",
-                 str(tmp_path / "runs"), "--results", str(res), "--launcher", "submitit", "--submitit-cluster",
-                 "local", "--gpus-per-run", "2", "--timeout-min", "30", "--wait", "--opts", *OPTS])
-    assert "1 runs: 1 done" in capsys.readouterr().out
+    entry point must pickle). Preempted (USR2) after its first checkpoint, the job stops both
+    workers, is requeued, resumes from the checkpoint with 2 workers again, and node 0 writes the
+    summary."""
+    out, res = tmp_path / "runs", tmp_path / "results"
+    base = ["--suite", "retinanet", "--dataset", "synthetic", "--variants", "gamma_2", "--out", str(out),
+            "--results", str(res)]
+    ablate.main(base + ["--launcher", "submitit", "--submitit-cluster", "local", "--gpus-per-run", "2",
+                        "--timeout-min", "30", "--opts", *OPTS])
+    suite_dir = out / "retinanet-synthetic"
+    run = suite_dir / "gamma_2" / "seed0"
+    workers = []
+
+    def preempt(job_id, task):
+        for pid in _children(task):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    workers.append(pid)
+        os.kill(task, signal.SIGUSR2)
+
+    _stop_after_first_checkpoint(suite_dir, {run: (cluster.load_ledger(str(suite_dir))["gamma_2/seed0"]["job_id"], preempt)})
+    assert len(workers) == 2, workers
+    _wait_for(lambda: not any(_alive(p) for p in workers), "the preempted attempt's workers to stop", timeout=90,
+              diagnose=lambda: _diagnosis(suite_dir))
+    capsys.readouterr()
+    last = [""]
+
+    def done():
+        ablate.main(base + ["--status", "--opts", *OPTS])
+        last[0] = capsys.readouterr().out
+        return "1 done" in last[0]
+
+    _wait_for(done, "the requeued run", diagnose=lambda: f"last --status: {last[0]}\n{_diagnosis(suite_dir)}")
     summary = json.loads((res / "synthetic/retinanet/gamma_2/seed0.json").read_text())
     assert summary["iterations"] == 12 and "bbox/AP50" in summary["metrics"]
-    log = (tmp_path / "runs" / "retinanet-synthetic" / "gamma_2" / "seed0" / "log.txt").read_text()
-    assert "Rank of current process: 1. World size: 2" in log or "World size: 2" in log
+    log = (run / "log.txt").read_text()
+    assert log.count("World size: 2") >= 2  # both attempts ran 2 workers
+    assert "No checkpoint found" in log and re.search(r"Starting training from iteration (4|8)\b", log), log[-3000:]
+    assert "Requeued job" in "".join(p.read_text() for p in (suite_dir / "submitit").glob("*_log.*"))
 
 
 def test_slurm_extra_is_split_into_submitit_and_sbatch_parameters():

@@ -112,8 +112,18 @@ class StudyRun:
     def checkpoint(self):
         """submitit calls this on preemption or time-out: requeue the same run. Training state is in
         OUTPUT_DIR (Detectron2's periodic checkpoints), which ``--resume`` loads."""
+        import multiprocessing
+
         from submitit.helpers import DelayedSubmission
 
+        # Detectron2's launch trains in spawned worker processes (--gpus-per-run > 1): they stop
+        # with this attempt, or they would train on beside the requeued one, into the same folder
+        # (SLURM ends a requeued job's processes; submitit's local executor does not).
+        workers = multiprocessing.active_children()
+        for p in workers:
+            p.terminate()
+        for p in workers:
+            p.join(timeout=60)
         if self._started is not None:
             self.elapsed += time.time() - self._started
             self._started = None
