@@ -238,6 +238,9 @@ def test_visualize_writes_a_png(trained, tmp_path, capsys):
                     "--output", str(tmp_path), "MODEL.WEIGHTS", os.path.join(out, "model_final.pth")])
     pngs = list(tmp_path.glob("*.png"))
     assert len(pngs) == 4 and "Detections drawn" in capsys.readouterr().out
+    visualize.main(["--config-file", "configs/synthetic/retinanet.yaml", "--dataset", "synthetic_val", "--max-images",
+                    "2", "--eval-view", "--output", str(tmp_path / "two"), "MODEL.WEIGHTS", os.path.join(out, "model_final.pth")])
+    assert len(list((tmp_path / "two").glob("*.png"))) == 2
 
 
 def test_anchor_report_counts(tmp_path, capsys):

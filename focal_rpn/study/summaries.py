@@ -271,9 +271,13 @@ def read_summaries(results_dir: str, dataset: str, suite: str, variants: List[st
                      sorted(failed, key=order))
 
 
+# Column names of metrics whose short name would read as COCO's
+_SHORT = {"deeppcb/mAP": "mAP@0.33", "deeppcb/F": "F@0.33"}
+
+
 def _short(metric: str) -> str:
-    """"bbox/AP50" -> "AP50"."""
-    return metric.split("/", 1)[1]
+    """"bbox/AP50" -> "AP50"; DeepPCB's IoU > 0.33 measures say so."""
+    return _SHORT.get(metric, metric.split("/", 1)[1])
 
 
 def _fmt(iv: Interval, digits: int = 2) -> str:

@@ -3,6 +3,7 @@
     python -m focal_rpn.tools.visualize --config-file CFG --input a.png b.jpg --output DIR MODEL.WEIGHTS W
     python -m focal_rpn.tools.visualize --config-file CFG --dataset trees_val --output DIR MODEL.WEIGHTS W
     python -m focal_rpn.tools.visualize --config-file CFG --dataset trees_val --eval-view --output DIR MODEL.WEIGHTS W
+    python -m focal_rpn.tools.visualize --config-file CFG --dataset deeppcb_test --max-images 4 --eval-view --output DIR MODEL.WEIGHTS W
 
 ``--eval-view`` (needs ``--dataset``): one picture with thin boxes and no text per box: true
 positives, false positives and missed ground truth (IoU >= 0.5, detections scoring at least
@@ -140,6 +141,8 @@ def main(argv=None):
     parser.add_argument("--dataset", help="a registered dataset: draw on its images, GT beside")
     parser.add_argument("--output", required=True, help="output folder for the PNGs")
     parser.add_argument("--score-thresh", type=float, default=0.3)
+    parser.add_argument("--max-images", type=int, default=0,
+                        help="with --dataset: only its first N images (0: all; DeepPCB's test split has 500)")
     parser.add_argument("--eval-view", action="store_true",
                         help="with --dataset: true/false positives and missed ground truth in three colours")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS W")
@@ -152,6 +155,8 @@ def main(argv=None):
     inputs = list(args.input)
     if args.dataset:
         gt = DatasetCatalog.get(args.dataset)
+        if args.max_images > 0:
+            gt = gt[:args.max_images]
         inputs = [d["file_name"] for d in gt]
     if not inputs:
         parser.error("give --input images or --dataset")
