@@ -1,4 +1,5 @@
 """train_net.py end to end, as a user runs it: train, --eval-only, --resume, --num-gpus 2 (CPU)."""
+import glob
 import json
 import math
 import os
@@ -102,3 +103,20 @@ def test_demo_config_trains(tmp_path):
     p = run("--config-file", "configs/trees/retinanet.yaml", "SOLVER.MAX_ITER", "3",
             "SOLVER.IMS_PER_BATCH", "2", "OUTPUT_DIR", str(tmp_path))
     assert "Evaluation results for trees_val" in p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("config", sorted(
+    os.path.relpath(p, ROOT) for d in ("trees", "deeppcb", "bccd", "synthetic")
+    for p in glob.glob(os.path.join(ROOT, "configs", d, "*.yaml")) if not os.path.basename(p).startswith("Base-")))
+def test_every_dataset_config_loads_and_builds(config):
+    """Each shipped CPU config: its class count agrees with its datasets' (metadata, no data
+    needed) and its model builds with one parameter set per anchor shape of the head."""
+    from detectron2.modeling import build_model
+
+    from focal_rpn.config import load_config
+
+    cfg = load_config(os.path.join(ROOT, config), fit_anchors=False)
+    model = build_model(cfg)
+    dense = model if hasattr(model, "anchor_generator") else model.proposal_generator
+    assert dense.anchor_generator.num_anchors[0] == len(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]) * len(
+        cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0])
