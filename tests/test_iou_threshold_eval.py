@@ -44,12 +44,11 @@ def test_f_score_ties_are_one_threshold():
     assert (f, thresh, p, r) == pytest.approx((2 * 0.5 / 1.5, 0.5, 0.5, 1.0))
 
 
-def test_against_pycocotools_at_iou_033():
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    rng = np.random.default_rng(0)
-    classes = ["open", "short", "spur"]
+def _random_case(seed=0):
+    """20 images of 0-5 boxes of 3 classes, jittered detections (some of the wrong class) and
+    background ones: (gts, dets, COCO images, annotations, results)."""
+    rng = np.random.default_rng(seed)
+    classes = CLASSES
     gts, dets, images, anns, results = {}, {}, [], [], []
     for img in range(1, 21):
         images.append({"id": img, "width": 200, "height": 200})
@@ -73,19 +72,59 @@ def test_against_pycocotools_at_iou_033():
         gts[img], dets[img] = g, d
         results += [{"image_id": img, "category_id": c + 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
                      "score": s} for b, s, c in d]
-    ours = evaluate_detections(gts, dets, classes, iou=0.33)
+    return gts, dets, images, anns, results
+
+
+CLASSES = ["open", "short", "spur"]
+
+
+def _cocoeval(images, anns, results, iou_thresholds=None):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = {"images": images, "annotations": anns,
-                        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)]}
+                        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)]}
         coco.createIndex()
         ev = COCOeval(coco, coco.loadRes(results), "bbox")
-        ev.params.iouThrs = np.array([0.33])
+        if iou_thresholds is not None:
+            ev.params.iouThrs = np.array(iou_thresholds)
         ev.evaluate()
         ev.accumulate()
+        if iou_thresholds is None:
+            ev.summarize()
+    return ev
+
+
+def test_against_pycocotools_at_iou_033():
+    classes = CLASSES
+    gts, dets, images, anns, results = _random_case()
+    ours = evaluate_detections(gts, dets, classes, iou=0.33)
+    ev = _cocoeval(images, anns, results, [0.33])
     # precision: [T, R, K, area, maxDets]; area "all", maxDets 100
     for k, name in enumerate(classes):
         ref = ev.eval["precision"][0, :, k, 0, -1]
         assert ours[f"AP-{name}"] == pytest.approx(100 * ref.mean(), abs=1e-9), name
     assert 0 < ours["mAP"] < 100
+
+
+def test_per_class_ap50_is_pycocotools_at_iou_05():
+    """PerClassCOCOEvaluator's AP50-<class> (taken from COCO's 0.5:0.95 evaluation) equals
+    pycocotools evaluated at the single IoU threshold 0.5; Detectron2's AP-<class> stays."""
+    import logging
+
+    from focal_rpn.evaluation import PerClassCOCOEvaluator
+
+    _, _, images, anns, results = _random_case(1)
+    full = _cocoeval(images, anns, results)
+    evaluator = PerClassCOCOEvaluator.__new__(PerClassCOCOEvaluator)
+    evaluator._logger = logging.getLogger("test")
+    out = evaluator._derive_coco_results(full, "bbox", CLASSES)
+    at_05 = _cocoeval(images, anns, results, [0.5])
+    for k, name in enumerate(CLASSES):
+        ref = at_05.eval["precision"][0, :, k, 0, -1]
+        assert out[f"AP50-{name}"] == pytest.approx(100 * ref[ref > -1].mean(), abs=1e-9), name
+        assert f"AP-{name}" in out
+    assert out["AP50"] == pytest.approx(100 * full.stats[1])
+    assert np.mean([out[f"AP50-{n}"] for n in CLASSES]) == pytest.approx(out["AP50"])  # COCO: the mean over classes

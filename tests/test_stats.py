@@ -90,6 +90,11 @@ def test_per_class_ap_and_its_paired_difference_in_the_report():
     md = tabulate(runs, ["ref", "x"], "ref", "t")
     # mean of 5.0, 5.1, 5.2 with t(0.975, 2) = 4.303 x sd 0.1 / sqrt(3) = 0.248
     assert "| ref | 5.10 ± 0.25 | 7.50 ± 1.24 |" in md and "| x | 1.00 ± 0.00 better | 0.00 ± 0.00 |" in md
+    assert "AP50 per class" not in md  # summaries made before AP50-<class> existed: no such table
+    with_ap50 = [run(v, s, {"bbox/AP-a": 5.0, "bbox/AP-b": 7.0, "bbox/AP50-a": 50 + 2 * d, "bbox/AP50-b": 70.0 + s})
+                 for v, d in (("ref", 0), ("x", 1)) for s in range(3)]
+    md = tabulate(with_ap50, ["ref", "x"], "ref", "t")
+    assert "AP50 per class (AP at IoU 0.5)" in md and "| x | 2.00 ± 0.00 better | 0.00 ± 0.00 |" in md
     one_class = [run(v, s, {"bbox/AP-tree": 1.0 + s}) for v in ("ref", "x") for s in range(2)]
     assert "AP per class" not in tabulate(one_class, ["ref", "x"], "ref", "t")
 

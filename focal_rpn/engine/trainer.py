@@ -7,9 +7,9 @@ from detectron2.engine import DefaultTrainer
 from detectron2.engine import hooks as d2_hooks
 from detectron2.engine import defaults as d2_defaults
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+from detectron2.evaluation import DatasetEvaluators
 
-from ..evaluation import IoUThresholdEvaluator
+from ..evaluation import IoUThresholdEvaluator, PerClassCOCOEvaluator
 from ..data import CheckedDatasetMapper, build_train_augmentations, check_dataset, ensure_json
 from ..layers.channels_last import to_channels_last
 from ..layers.gather_roi_align import use_roi_align
@@ -79,7 +79,8 @@ class Trainer(DefaultTrainer):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         # COCO's AP counts at most 100 detections per image; an aerial photograph holds hundreds
         # of objects, so the limit follows TEST.DETECTIONS_PER_IMAGE (100, COCO's, by default).
-        coco = COCOEvaluator(dataset_name, output_dir=output_folder, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+        coco = PerClassCOCOEvaluator(dataset_name, output_dir=output_folder,
+                                     max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
         if MetadataCatalog.get(dataset_name).get("evaluator_type") == "deeppcb":
             # the dataset's own measure (AP at IoU 0.33, F-score) beside COCO's, as its paper reports
             return DatasetEvaluators([coco, IoUThresholdEvaluator(dataset_name, 0.33, cfg.TEST.DETECTIONS_PER_IMAGE)])

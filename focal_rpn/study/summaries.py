@@ -320,20 +320,23 @@ def tabulate(summaries: List[dict], variants: List[str], reference: str, title: 
         cells = [c for m in metrics for c in (_fmt(diffs[v][m]), verdict(diffs[v][m]))]
         lines.append(f"| {v} | {len(set(by[v]) & set(ref))} | " + " | ".join(cells) + " |")
     lines += [""] + reading(diffs, reference)
-    lines += per_class_table(by, present, reference)
+    lines += per_class_table(by, present, reference) + per_class_table(by, present, reference, "AP50")
     return "\n".join(lines) + "\n"
 
 
-def per_class_table(by: Dict[str, Dict[int, dict]], present: List[str], reference: str) -> List[str]:
-    """Markdown lines for datasets of more than one class: each variant's COCO AP per class
-    (``bbox/AP-<class>``), mean ± 95% CI, and below the reference's row-pair the paired Δ per class
-    with its verdict; none for one class."""
-    classes = sorted({m[len("bbox/AP-"):] for runs in by.values() for r in runs.values() for m in r["metrics"]
-                      if m.startswith("bbox/AP-")})
+def per_class_table(by: Dict[str, Dict[int, dict]], present: List[str], reference: str,
+                    metric: str = "AP") -> List[str]:
+    """Markdown lines for datasets of more than one class: each variant's COCO ``metric`` ("AP" or
+    "AP50") per class (``bbox/<metric>-<class>``), mean ± 95% CI, and below the reference's
+    row-pair the paired Δ per class with its verdict; none for one class or without the metric."""
+    prefix = f"bbox/{metric}-"
+    classes = sorted({m[len(prefix):] for runs in by.values() for r in runs.values() for m in r["metrics"]
+                      if m.startswith(prefix)})
     if len(classes) < 2:
         return []
-    keys = [f"bbox/AP-{c}" for c in classes]
-    lines = ["", "AP per class (COCO's AP at IoU 0.5:0.95), mean ± 95% CI; below it the paired Δ to "
+    keys = [f"{prefix}{c}" for c in classes]
+    what = "COCO's AP at IoU 0.5:0.95" if metric == "AP" else "AP at IoU 0.5"
+    lines = ["", f"{metric} per class ({what}), mean ± 95% CI; below it the paired Δ to "
              f"`{reference}` per class, with `better`/`worse` where the interval excludes 0.", "",
              "| variant | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
     for v in present:
