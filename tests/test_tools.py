@@ -459,10 +459,22 @@ def test_an_identical_run_of_another_suite_is_not_trained_again(tmp_path, capsys
     assert trained == []
 
 
-@pytest.mark.parametrize("suite", ["rpn", "retinanet"])
-def test_the_readme_study_commands_change_no_committed_summary(suite, tmp_path, monkeypatch, capsys):
-    """`ablate --suite S --dataset trees --seeds 5` as the README writes it, on a copy of the
-    committed results/: every kept summary stays byte for byte (earlier recipes' included); only
+def _readme_study_commands():
+    """The README's local `ablate ... --seeds N` commands, as argument lists."""
+    import shlex
+
+    from conftest import ROOT
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        lines = [line.split("#", 1)[0].strip() for line in f]
+    return [shlex.split(line)[3:] for line in lines
+            if line.startswith("python -m focal_rpn.tools.ablate") and "--seeds" in line and "--launcher" not in line]
+
+
+@pytest.mark.parametrize("command", _readme_study_commands(), ids=lambda c: " ".join(c[:4]))
+def test_the_readme_study_commands_change_no_committed_summary(command, tmp_path, monkeypatch, capsys):
+    """Each `ablate --suite S --dataset D --seeds N` command as the README writes it, on a copy of
+    the committed results/: every kept summary stays byte for byte (earlier recipes' included); only
     runs without a summary are trained (here a stub stands in for the training)."""
     from conftest import ROOT
 
@@ -473,8 +485,13 @@ def test_the_readme_study_commands_change_no_committed_summary(suite, tmp_path, 
         "variant": v.name, "seed": seed, "config_sha256": summaries.config_sha256(suites.run_config(v, seed, opts)),
         "failed": {"cause": "not trained in this test", "iteration": 0, "log": "-"}})
     with pytest.raises(SystemExit):  # the stub's runs are recorded as failed
-        ablate.main(["--suite", suite, "--dataset", "trees", "--seeds", "5", "--out", str(tmp_path / "runs"),
-                     "--results", str(tmp_path / "results")])
+        ablate.main(command + ["--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")])
     assert all(p.read_bytes() == data for p, data in before.items())
-    kept = {(p.parent.name, int(p.stem[4:])) for p in before if p.parent.parent == tmp_path / "results" / "trees" / suite}
+    dataset, suite = command[command.index("--dataset") + 1], command[command.index("--suite") + 1]
+    kept = {(p.parent.name, int(p.stem[4:])) for p in before if p.parent.parent == tmp_path / "results" / dataset / suite}
     assert trained and not set(trained) & kept
+
+
+def test_the_readme_has_study_commands():
+    suites_run = {(c[c.index("--suite") + 1], c[c.index("--dataset") + 1]) for c in _readme_study_commands()}
+    assert {("retinanet", "deeppcb"), ("rpn", "deeppcb"), ("sweep", "deeppcb"), ("classes", "bccd")} <= suites_run

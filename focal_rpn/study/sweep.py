@@ -110,6 +110,7 @@ def plot(pts: List[Point], path: str, title: str, metric: str = METRIC) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    plotted = False
     for k, (a, b) in enumerate(COMPARISONS):
         shown = [p for p in pts if not math.isnan(p.ratio) and p.diffs[f"{a}-{b}"].n > 0]
         if not shown:
@@ -119,12 +120,16 @@ def plot(pts: List[Point], path: str, title: str, metric: str = METRIC) -> None:
         err = [0 if math.isnan(iv.half_width) or math.isinf(iv.half_width) else iv.half_width for iv in ivs]
         label = "FL − CE" if b == "ce" else "FL − α-CE"
         ax.errorbar(xs, [iv.mean for iv in ivs], yerr=err, fmt="o-", capsize=3, label=label)
+        plotted = True
+    if not plotted:
+        ax.text(0.5, 0.5, "no point with a measured ratio yet", transform=ax.transAxes, ha="center")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("negatives per positive in the classification loss (measured)")
     ax.set_ylabel(f"Δ {metric.split('/')[-1]} (paired, 95% CI)")
     ax.set_title(title)
-    ax.legend()
+    if plotted:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
