@@ -44,6 +44,9 @@ def add_focal_rpn_config(cfg):
     _C.MODEL.FOCAL_RPN.REG_NORM_FACTOR = 2.0
     # Initial object probability of every anchor (bias init of the objectness logits).
     _C.MODEL.FOCAL_RPN.PRIOR_PROB = 0.01
+    # Negatives kept per positive anchor, drawn at random per image (the others ignored); 0: all of
+    # them (the paper). The RPN imbalance sweep's dial (study suite "sweep_rpn").
+    _C.MODEL.FOCAL_RPN.NEG_POS_RATIO = 0.0
 
     # ---- OHEM ROI heads (ROI_HEADS.NAME "OHEMROIHeads") ----
     _C.MODEL.OHEM = CN()

@@ -92,6 +92,25 @@ def test_labelling_keeps_all_anchors(make_cfg):
     assert int((labels[0] == 0).sum()) == 3000
 
 
+def test_negative_ratio_keeps_r_random_negatives_per_positive(make_cfg):
+    """MODEL.FOCAL_RPN.NEG_POS_RATIO 5: the labelling above keeps its positive, its ignored anchor
+    and 5 of the 3000 negatives (different ones from draw to draw); the rest become ignored."""
+    rpn = _rpn(make_cfg, *FL_SIGMOID, "MODEL.RPN.IOU_THRESHOLDS", "[0.3, 0.7]", "MODEL.FOCAL_RPN.NEG_POS_RATIO", "5.0")
+    far = torch.tensor([[200.0 + 2 * i, 200.0, 210.0 + 2 * i, 210.0] for i in range(3000)])
+    anchors = [Boxes(torch.cat([torch.tensor([[0, 0, 10, 10], [0, 0, 10, 20]], dtype=torch.float32), far]))]
+    gt = Instances((400, 8000), gt_boxes=Boxes(torch.tensor([[0, 0, 10, 10.0]])))
+    torch.manual_seed(0)
+    drawn = []
+    for _ in range(2):
+        labels, _ = rpn.label_and_sample_anchors(anchors, [gt])
+        assert labels[0][:2].tolist() == [1, -1]
+        assert int((labels[0] == 0).sum()) == 5 and int((labels[0] == -1).sum()) == 3000 - 5 + 1
+        drawn.append(set(torch.nonzero(labels[0] == 0).squeeze(1).tolist()))
+    assert drawn[0] != drawn[1]
+    with pytest.raises(ValueError, match="NEG_POS_RATIO"):
+        _rpn(make_cfg, *FL_SIGMOID, "MODEL.FOCAL_RPN.NEG_POS_RATIO", "-1.0")
+
+
 def test_empty_ground_truth(make_cfg):
     rpn = _rpn(make_cfg, *FL_SOFTMAX)
     anchors, logits, _, deltas, gt = _hand_case()

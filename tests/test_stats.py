@@ -129,4 +129,22 @@ def test_sweep_points_and_slope_against_numpy_least_squares():
     assert s.mean == pytest.approx(coef[0]) and s.std == pytest.approx(np.sqrt(cov[0, 0]))
     assert s.n == 16 and s.half_width == pytest.approx(2.1448 * np.sqrt(cov[0, 0]), rel=1e-3)  # t(0.975, 14)
     md = sweep.markdown(pts)
-    assert "grows with the ratio" in md and "| all | 650:1 | 4 |" in md
+    assert "grows with the ratio" in md and "| all | 650:1 | 4 |" in md and "FL − α-CE" in md
+
+
+def test_rpn_sweep_compares_focal_rpn_with_the_one_sampled_run_per_seed():
+    """sweep_rpn: every point's FocalRPN runs paired with the same sampled-RPN runs (one per seed),
+    the ratio read from the FocalRPN runs only."""
+    from focal_rpn.study import sweep
+
+    summaries = [{"variant": "sampled", "seed": s, "metrics": {"bbox/AP": 10.0 + s, "rpn/neg_pos_ratio": 1.0}}
+                 for s in range(3)]
+    for r, ratio, gain in ((10, 10.0, 0.0), (0, 700.0, 2.0)):
+        name = "focal_all" if r == 0 else f"focal_neg{r}"
+        summaries += [{"variant": name, "seed": s, "metrics": {"bbox/AP": 10.0 + s + gain + 0.1 * s,
+                                                                "rpn/neg_pos_ratio": ratio}} for s in range(3)]
+    pts = sweep.points(summaries, sweep.SPECS["sweep_rpn"])
+    assert [(p.setting, p.ratio) for p in pts] == [(10, 10.0), (0, 700.0)]
+    assert [round(p.diffs["focal-sampled"].mean, 6) for p in pts] == [0.1, 2.1]
+    md = sweep.markdown(pts, sweep.SPECS["sweep_rpn"])
+    assert "| FocalRPN | sampled RPN | FocalRPN − sampled RPN |" in md and "| all | 700:1 | 3 |" in md

@@ -10,6 +10,7 @@ from detectron2.utils.events import get_event_storage
 from ..losses import sigmoid_focal_loss, sigmoid_focal_loss_star
 from .anchor_stats import log_anchor_stats
 from .ohem import select_hard_examples
+from .sampling import sample_negatives
 
 LOSS_TYPES = ("focal", "ce", "alpha_ce", "fl_star", "ohem", "ohem_1_3")
 NORMALIZERS = ("ema", "num_pos")
@@ -110,14 +111,10 @@ class FocalRetinaNet(RetinaNet):
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
 
     def _sampled_negatives(self, gt_labels):
-        """(N, R) bool: per image, round(neg_pos_ratio · max(#positives, 1)) negative anchors drawn
-        uniformly without replacement (all of them when there are fewer)."""
-        keep = torch.zeros_like(gt_labels, dtype=torch.bool)
-        for i, labels in enumerate(gt_labels):
-            neg = torch.nonzero(labels == self.num_classes).squeeze(1)
-            k = min(neg.numel(), int(round(self.neg_pos_ratio * max(int((labels >= 0).sum()) - neg.numel(), 1))))
-            keep[i, neg[torch.randperm(neg.numel(), device=neg.device)[:k]]] = True
-        return keep
+        """(N, R) bool: per image, neg_pos_ratio negatives per positive (:func:`sample_negatives`)."""
+        return torch.stack([sample_negatives(labels == self.num_classes,
+                                             int(((labels >= 0) & (labels != self.num_classes)).sum()),
+                                             self.neg_pos_ratio) for labels in gt_labels])
 
     def _cls_loss(self, logits, labels, reduction="sum"):
         """Classification loss of (M, K) logits against (M,) labels in [0, K] (K = background)."""

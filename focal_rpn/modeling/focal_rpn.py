@@ -17,6 +17,7 @@ from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, 
 
 from ..losses import sigmoid_focal_loss, softmax_focal_loss
 from .anchor_stats import log_anchor_stats
+from .sampling import sample_negatives
 from .softmax_rpn_head import SoftmaxRPNHead
 
 FORMS = ("sigmoid", "softmax")
@@ -41,6 +42,7 @@ class FocalRPN(RPN):
         cls_loss_weight: float = 0.1,
         reg_norm_factor: float = 2.0,
         prior_prob: float = 0.01,
+        neg_pos_ratio: float = 0.0,
         **kwargs,
     ):
         """
@@ -50,11 +52,16 @@ class FocalRPN(RPN):
             cls_loss_weight: λ.
             reg_norm_factor: the regression loss is divided by reg_norm_factor · N_pos.
             prior_prob: initial object probability of every anchor (bias init).
+            neg_pos_ratio: 0 labels every anchor (the paper); r > 0 keeps r random negatives per
+                positive of each image (the imbalance sweep's dial).
             kwargs: everything :class:`detectron2.modeling.proposal_generator.RPN` takes.
         """
         super().__init__(**kwargs)
         if form not in FORMS:
             raise ValueError(f"MODEL.FOCAL_RPN.FORM must be one of {FORMS}, got {form!r}")
+        if neg_pos_ratio < 0:
+            raise ValueError(f"MODEL.FOCAL_RPN.NEG_POS_RATIO must be >= 0 (0: every negative), got {neg_pos_ratio}")
+        self.neg_pos_ratio = neg_pos_ratio
         is_softmax_head = isinstance(self.rpn_head, SoftmaxRPNHead)
         if (form == "softmax") != is_softmax_head:
             raise ValueError(
@@ -84,12 +91,18 @@ class FocalRPN(RPN):
             cls_loss_weight=c.CLS_LOSS_WEIGHT,
             reg_norm_factor=c.REG_NORM_FACTOR,
             prior_prob=c.PRIOR_PROB,
+            neg_pos_ratio=c.NEG_POS_RATIO,
         )
         return ret
 
     def _subsample_labels(self, label):
-        """No sampling: every anchor keeps its label (1, 0, or -1 between the IoU thresholds)."""
-        return label
+        """No sampling: every anchor keeps its label (1, 0, or -1 between the IoU thresholds); with
+        ``neg_pos_ratio`` r > 0, r random negatives per positive of the image keep theirs and the
+        other negatives are ignored (the imbalance sweep's dial)."""
+        if self.neg_pos_ratio <= 0:
+            return label
+        keep = sample_negatives(label == 0, int((label == 1).sum()), self.neg_pos_ratio)
+        return torch.where((label == 0) & ~keep, torch.full_like(label, -1), label)
 
     def _split_logits(self, pred_objectness_logits):
         """Per level (N, Hi*Wi*A) for sigmoid; (N, Hi*Wi*A, 2) for softmax."""

@@ -94,8 +94,8 @@ def report(variants: List[Variant], suite: str, dataset: str, results_dir: str, 
     if not (groups.current or groups.earlier or groups.failed):
         raise SystemExit(f"no summary under {out_dir}: nothing to report")
     md = results.write_report(groups, names, REFERENCES[suite], out_dir, f"{suite} suite on {dataset}")
-    if suite == "sweep":  # and its own reading: the gain of FL against the measured imbalance
-        section = sweep.write(groups.current, out_dir, f"imbalance sweep on {dataset}")
+    if suite in sweep.SPECS:  # and its own reading: the gain of focal loss against the measured imbalance
+        section = sweep.write(groups.current, out_dir, f"imbalance sweep ({suite}) on {dataset}", suite)
         md += "\n" + section
         with open(os.path.join(out_dir, "results.md"), "a") as f:
             f.write("\n" + section)

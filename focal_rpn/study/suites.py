@@ -57,9 +57,14 @@ def sweep_name(loss: str, ratio: float) -> str:
     return f"{loss}_{'all' if ratio == 0 else f'neg{ratio:g}'}"
 
 
+# The same dial in the RPN (MODEL.FOCAL_RPN.NEG_POS_RATIO): the sigmoid FocalRPN at each point
+# ("focal_neg10" ... "focal_all") against Detectron2's sampled RPN ("sampled": 256 anchors per
+# image, at most half positives), which sees about 1:1 whatever the dial.
+
+
 # The variant every other one of a suite is compared with (paired by seed).
 REFERENCES = {"rpn": "rpn_ce", "retinanet": "gamma_2", "rpn_lambda": "lambda_1", "classes": "ce",
-              "anchor_fit": "recipe_anchors", "sweep": "fl_all"}
+              "anchor_fit": "recipe_anchors", "sweep": "fl_all", "sweep_rpn": "sampled"}
 SUITES = tuple(REFERENCES)
 # configs/<dataset>/ holds each dataset's recipes (coco: configs/*_R50*.yaml)
 DATASETS = ("trees", "deeppcb", "bccd", "coco", "synthetic")
@@ -107,6 +112,10 @@ def suite_variants(suite: str, dataset: str) -> List[Variant]:
         cfg = "configs/retinanet_R50.yaml" if dataset == "coco" else f"configs/{folder}/retinanet.yaml"
         return [Variant(sweep_name(loss, r), cfg, RETINANET_VARIANTS[key] + (["MODEL.RETINANET.NEG_POS_RATIO", str(float(r))] if r else []) + extra)
                 for r in SWEEP_RATIOS for loss, key in SWEEP_LOSSES.items()]
+    if suite == "sweep_rpn":
+        return [Variant("sampled", frcnn("rpn_ce"), list(extra))] + [
+            Variant(sweep_name("focal", r), frcnn("rpn_fl_sigmoid"),
+                    (["MODEL.FOCAL_RPN.NEG_POS_RATIO", str(float(r))] if r else []) + extra) for r in SWEEP_RATIOS]
     if suite == "anchor_fit":
         # the trees recipe everywhere (configs/<dataset>/trees_recipe.yaml: only data and classes changed)
         cfg = {"coco": "configs/retinanet_R50.yaml", "trees": "configs/trees/retinanet.yaml",

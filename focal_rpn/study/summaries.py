@@ -44,7 +44,7 @@ SWITCHED_OFF_NODES = ("SOLVER.WEIGHT_AVERAGE",)
 ADDED_KEYS = {"MODEL.ROI_ALIGN_IMPL": "torchvision", "MODEL.ROI_BOX_HEAD.CLASS_WEIGHTS": [],
               "MODEL.ROI_BOX_HEAD.BACKGROUND_WEIGHT": -1.0, "MODEL.ANCHOR_GENERATOR.FIT": False,
               "MODEL.ANCHOR_GENERATOR.FIT_MAX_IMAGES": 1000, "MODEL.ANCHOR_GENERATOR.FITTED_ON": (),
-              "MODEL.RETINANET.NEG_POS_RATIO": 0.0}
+              "MODEL.RETINANET.NEG_POS_RATIO": 0.0, "MODEL.FOCAL_RPN.NEG_POS_RATIO": 0.0}
 
 # With MODEL.ANCHOR_GENERATOR.FIT on, the anchors are an output of the fit, not part of what a run
 # is: a run's config.yaml (fitted) and its variant's config (as written) describe the same run.
@@ -109,7 +109,7 @@ def git_commit(root: str) -> str:
 # Training scalars whose median over a run's logged iterations goes into its summary: the anchor
 # imbalance it trained under (RetinaNet's labelled anchors, and the negatives its loss saw).
 LOGGED_MEDIANS = ("retinanet/neg_pos_ratio", "retinanet/loss_neg_pos_ratio", "retinanet/num_pos_per_image",
-                  "retinanet/num_neg_per_image")
+                  "retinanet/num_neg_per_image", "rpn/neg_pos_ratio", "rpn/num_pos_per_image", "rpn/num_neg_per_image")
 
 
 def final_metrics(run_dir: str) -> Dict[str, float]:

@@ -1,47 +1,65 @@
-"""The imbalance sweep's reading (suite ``sweep``): does focal loss gain more over cross-entropy
-the more negatives per positive its classification loss sees, as the RetinaNet paper argues?
+"""The imbalance sweeps' reading (suites ``sweep`` and ``sweep_rpn``): does focal loss gain more
+the more negatives per positive its loss sees, as the RetinaNet paper argues?
 
-Per point of the dial (MODEL.RETINANET.NEG_POS_RATIO), the paired differences FL − CE and
-FL − α-CE (same seeds) with 95% CIs, against the negatives per positive the runs' losses actually
-saw (the median of their logged ``retinanet/loss_neg_pos_ratio``); then the slope of the
-difference against log10 of that ratio (least squares over every seed's difference, t interval).
+Per point of the dial (MODEL.RETINANET.NEG_POS_RATIO, MODEL.FOCAL_RPN.NEG_POS_RATIO), the paired
+differences (same seeds) with 95% CIs, FL − CE and FL − α-CE in RetinaNet, FocalRPN − the sampled
+RPN in Faster R-CNN, against the negatives per positive the focal runs' losses actually saw (the
+median of their logged ratio); then the slope of each difference against log10 of that ratio
+(least squares over every seed's difference, t interval).
 """
 import math
 import os
-from typing import Dict, List, NamedTuple
+from typing import Callable, Dict, List, NamedTuple, Tuple
 
 from .stats import Interval, mean_ci, paired_difference, t_quantile, verdict
 from .suites import SWEEP_LOSSES, SWEEP_RATIOS, sweep_name
 
 METRIC = "bbox/AP"
-COMPARISONS = (("fl", "ce"), ("fl", "alpha_ce"))
-# The ratio a run's loss saw; runs summarised before that scalar existed logged only the ratio of
-# labelled anchors, the same thing when every negative is in the loss (NEG_POS_RATIO 0).
-RATIO_KEYS = ("retinanet/loss_neg_pos_ratio", "retinanet/neg_pos_ratio")
+
+
+class Spec(NamedTuple):
+    roles: Dict[str, Callable[[float], str]]  # role -> its variant's name at a dial setting
+    labels: Dict[str, str]  # role -> column label
+    comparisons: Tuple[Tuple[str, str], ...]  # (a, b): a − b
+    ratio_roles: Tuple[str, ...]  # the roles whose runs' logged ratio is the point's
+    # Logged ratios, first found wins: runs summarised before the loss's own ratio was logged
+    # have only the labelled anchors' ratio, the same thing when every negative is in the loss.
+    ratio_keys: Tuple[str, ...]
+
+
+SPECS = {
+    "sweep": Spec({loss: (lambda r, loss=loss: sweep_name(loss, r)) for loss in SWEEP_LOSSES},
+                  {"fl": "FL", "ce": "CE", "alpha_ce": "α-CE"}, (("fl", "ce"), ("fl", "alpha_ce")),
+                  tuple(SWEEP_LOSSES), ("retinanet/loss_neg_pos_ratio", "retinanet/neg_pos_ratio")),
+    "sweep_rpn": Spec({"focal": lambda r: sweep_name("focal", r), "sampled": lambda r: "sampled"},
+                      {"focal": "FocalRPN", "sampled": "sampled RPN"}, (("focal", "sampled"),), ("focal",),
+                      ("rpn/neg_pos_ratio",)),
+}
 
 
 class Point(NamedTuple):
-    setting: float  # NEG_POS_RATIO (0: every negative)
+    setting: float  # the dial (0: every negative)
     ratio: float  # measured negatives per positive in the loss (median over the point's runs)
-    values: Dict[str, Dict[int, float]]  # loss -> seed -> METRIC
-    diffs: Dict[str, Interval]  # "fl-ce", "fl-alpha_ce" -> paired difference
+    values: Dict[str, Dict[int, float]]  # role -> seed -> metric
+    diffs: Dict[str, Interval]  # "a-b" -> paired difference
 
 
-def _ratio(summary: dict) -> float:
-    return next((summary["metrics"][k] for k in RATIO_KEYS if k in summary["metrics"]), math.nan)
+def _ratio(summary: dict, keys) -> float:
+    return next((summary["metrics"][k] for k in keys if k in summary["metrics"]), math.nan)
 
 
-def points(summaries: List[dict], metric: str = METRIC) -> List[Point]:
-    """The sweep's points that have runs, in dial order (fewest negatives first)."""
+def points(summaries: List[dict], spec: Spec = SPECS["sweep"], metric: str = METRIC) -> List[Point]:
+    """The sweep's points that have runs of a focal role, fewest negatives first."""
     out = []
     for r in sorted(SWEEP_RATIOS, key=lambda r: math.inf if r == 0 else r):
-        runs = {loss: {s["seed"]: s for s in summaries if s["variant"] == sweep_name(loss, r) and metric in s["metrics"]}
-                for loss in SWEEP_LOSSES}
-        if not any(runs.values()):
+        runs = {role: {s["seed"]: s for s in summaries if s["variant"] == name(r) and metric in s["metrics"]}
+                for role, name in spec.roles.items()}
+        if not any(runs[role] for role in spec.ratio_roles):
             continue
-        ratios = sorted(x for by_seed in runs.values() for s in by_seed.values() if not math.isnan(x := _ratio(s)))
-        values = {loss: {seed: s["metrics"][metric] for seed, s in by_seed.items()} for loss, by_seed in runs.items()}
-        diffs = {f"{a}-{b}": paired_difference(values[a], values[b]) for a, b in COMPARISONS}
+        ratios = sorted(x for role in spec.ratio_roles for s in runs[role].values()
+                        if not math.isnan(x := _ratio(s, spec.ratio_keys)))
+        values = {role: {seed: s["metrics"][metric] for seed, s in by_seed.items()} for role, by_seed in runs.items()}
+        diffs = {f"{a}-{b}": paired_difference(values[a], values[b]) for a, b in spec.comparisons}
         out.append(Point(r, ratios[len(ratios) // 2] if ratios else math.nan, values, diffs))
     return out
 
@@ -75,35 +93,38 @@ def _fmt(iv: Interval) -> str:
     return f"{iv.mean:+.1f} ± {iv.half_width:.1f}"
 
 
-def markdown(pts: List[Point], metric: str = METRIC) -> str:
+def markdown(pts: List[Point], spec: Spec = SPECS["sweep"], metric: str = METRIC) -> str:
     name = metric.split("/")[-1]
-    lines = [f"### Imbalance sweep: {name} of FL, CE and α-CE against the negatives per positive in the loss", "",
+    roles = list(spec.roles)
+    pairs = [(a, b, f"{spec.labels[a]} − {spec.labels[b]}") for a, b in spec.comparisons]
+    lines = [f"### Imbalance sweep: {name} against the negatives per positive in the loss", "",
              f"Per point, mean {name} and the paired difference (same seeds) with its 95% CI; `better`/`worse` "
              "when the interval excludes 0. The measured ratio is the median over the point's runs of the "
-             "negatives per positive their classification loss saw (training crops).", "",
-             "| NEG_POS_RATIO | measured neg:pos | seeds | FL | CE | α-CE | FL − CE | FL − α-CE |",
-             "|---|---|---|---|---|---|---|---|"]
+             "negatives per positive their loss saw (training crops).", "",
+             "| NEG_POS_RATIO | measured neg:pos | seeds | " + " | ".join(spec.labels[r] for r in roles) + " | "
+             + " | ".join(label for _, _, label in pairs) + " |",
+             "|---|---|---|" + "---|" * (len(roles) + len(pairs))]
     for p in pts:
-        seeds = min(len(v) for v in p.values.values())
-        means = {loss: mean_ci(list(v.values())).mean if v else math.nan for loss, v in p.values.items()}
-        mean = lambda loss: "-" if math.isnan(means[loss]) else f"{means[loss]:.1f}"  # noqa: E731
-        cells = [f"{_fmt(p.diffs[f'{a}-{b}'])} {verdict(p.diffs[f'{a}-{b}']) if p.diffs[f'{a}-{b}'].n > 1 else ''}".strip()
-                 for a, b in COMPARISONS]
+        seeds = min(len(p.values[r]) for r in spec.ratio_roles)
+        means = [mean_ci(list(p.values[r].values())).mean if p.values[r] else math.nan for r in roles]
+        cells = []
+        for a, b, _ in pairs:
+            d = p.diffs[f"{a}-{b}"]
+            cells.append(f"{_fmt(d)} {verdict(d) if d.n > 1 else ''}".strip())
         ratio = "-" if math.isnan(p.ratio) else f"{p.ratio:.0f}:1"
-        lines.append(f"| {'all' if p.setting == 0 else f'{p.setting:g}'} | {ratio} | {seeds} | {mean('fl')} | "
-                     f"{mean('ce')} | {mean('alpha_ce')} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {'all' if p.setting == 0 else f'{p.setting:g}'} | {ratio} | {seeds} | "
+                     + " | ".join("-" if math.isnan(m) else f"{m:.1f}" for m in means) + " | " + " | ".join(cells) + " |")
     lines.append("")
-    for a, b in COMPARISONS:
+    for a, b, label in pairs:
         s = slope(pts, a, b)
         text = "not enough points" if math.isnan(s.mean) else (
             f"{s.mean:+.2f} ± {s.half_width:.2f} {name} per tenfold ratio ({s.n} paired runs), "
             f"{'grows with the ratio' if s.mean - s.half_width > 0 else 'shrinks with the ratio' if s.mean + s.half_width < 0 else 'no resolved trend'}")
-        lines.append(f"- slope of {a.upper() if a == 'fl' else a} − {b.replace('alpha_ce', 'α-CE').replace('ce', 'CE')} "
-                     f"against log10(neg:pos): {text}")
+        lines.append(f"- slope of {label} against log10(neg:pos): {text}")
     return "\n".join(lines) + "\n"
 
 
-def plot(pts: List[Point], path: str, title: str, metric: str = METRIC) -> None:
+def plot(pts: List[Point], path: str, title: str, spec: Spec = SPECS["sweep"], metric: str = METRIC) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,21 +132,21 @@ def plot(pts: List[Point], path: str, title: str, metric: str = METRIC) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     plotted = False
-    for k, (a, b) in enumerate(COMPARISONS):
+    for k, (a, b) in enumerate(spec.comparisons):
         shown = [p for p in pts if not math.isnan(p.ratio) and p.diffs[f"{a}-{b}"].n > 0]
         if not shown:
             continue
-        xs = [p.ratio * (1.04 if k else 1 / 1.04) for p in shown]  # side by side
+        xs = [p.ratio * 1.04 ** (k - (len(spec.comparisons) - 1) / 2) for p in shown]  # side by side
         ivs = [p.diffs[f"{a}-{b}"] for p in shown]
         err = [0 if math.isnan(iv.half_width) or math.isinf(iv.half_width) else iv.half_width for iv in ivs]
-        label = "FL − CE" if b == "ce" else "FL − α-CE"
-        ax.errorbar(xs, [iv.mean for iv in ivs], yerr=err, fmt="o-", capsize=3, label=label)
+        ax.errorbar(xs, [iv.mean for iv in ivs], yerr=err, fmt="o-", capsize=3,
+                    label=f"{spec.labels[a]} − {spec.labels[b]}")
         plotted = True
     if not plotted:
         ax.text(0.5, 0.5, "no point with a measured ratio yet", transform=ax.transAxes, ha="center")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("negatives per positive in the classification loss (measured)")
+    ax.set_xlabel("negatives per positive in the loss (measured)")
     ax.set_ylabel(f"Δ {metric.split('/')[-1]} (paired, 95% CI)")
     ax.set_title(title)
     if plotted:
@@ -135,10 +156,11 @@ def plot(pts: List[Point], path: str, title: str, metric: str = METRIC) -> None:
     plt.close(fig)
 
 
-def write(summaries: List[dict], out_dir: str, title: str) -> str:
+def write(summaries: List[dict], out_dir: str, title: str, suite: str = "sweep") -> str:
     """sweep.png into ``out_dir``; returns the markdown section (for results.md)."""
-    pts = points(summaries)
+    spec = SPECS[suite]
+    pts = points(summaries, spec)
     if not pts:
         return ""
-    plot(pts, os.path.join(out_dir, "sweep.png"), title)
-    return markdown(pts) + "\n![imbalance sweep](sweep.png)\n"
+    plot(pts, os.path.join(out_dir, "sweep.png"), title, spec)
+    return markdown(pts, spec) + "\n![imbalance sweep](sweep.png)\n"
