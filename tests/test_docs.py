@@ -27,7 +27,23 @@ def test_config_page_lists_exactly_the_added_keys():
     assert set(listed) == added
 
 
-@pytest.mark.parametrize("dataset", ["trees", "deeppcb"])
+def _datasets_with_summaries():
+    import glob
+
+    from focal_rpn.study.suites import DATASETS
+
+    return [d for d in DATASETS if glob.glob(os.path.join(ROOT, "results", d, "*", "*", "seed*.json"))]
+
+
+def test_every_dataset_with_results_has_its_page_and_readme_block():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    for dataset in _datasets_with_summaries():
+        assert os.path.isfile(os.path.join(ROOT, "docs", "results", f"{dataset}.md")), dataset
+        assert f"<!-- results:{dataset}:begin -->" in readme, dataset
+
+
+@pytest.mark.parametrize("dataset", _datasets_with_summaries())
 def test_results_pages_are_what_the_tool_writes(dataset, tmp_path):
     """docs/results/<dataset>.md and the README's table rows rebuild from the committed summaries
     with one command and no options."""
