@@ -66,6 +66,8 @@ def sweep_name(loss: str, ratio: float) -> str:
 REFERENCES = {"rpn": "rpn_ce", "retinanet": "gamma_2", "rpn_lambda": "lambda_1", "classes": "ce",
               "anchor_fit": "recipe_anchors", "sweep": "fl_all", "sweep_rpn": "sampled"}
 SUITES = tuple(REFERENCES)
+# Suites whose reference is a dataset's shipped recipe as written (the results pages' recipe rows)
+RECIPE_SUITES = ("retinanet", "rpn", "classes")
 # configs/<dataset>/ holds each dataset's recipes (coco: configs/*_R50*.yaml)
 DATASETS = ("trees", "deeppcb", "bccd", "coco", "synthetic")
 # Extra options turning a trees config into a seconds-long run on the synthetic shapes.

@@ -46,17 +46,19 @@ def _ci(values) -> str:
 
 
 def recipe_rows(root: str, dataset: str, link: str = "") -> List[str]:
-    """One markdown row per shipped recipe (links relative to the page: prefixed with ``link``) (the reference variant of each suite with summaries of
-    today's config): AP, AP50 (and DeepPCB's mAP@0.33) with 95% CIs, seeds, training time."""
-    rows = []
+    """One markdown row per shipped recipe (the reference variant of each of the
+    :data:`RECIPE_SUITES` with summaries of today's config; links prefixed with ``link``): AP, AP50
+    (and DeepPCB's mAP@0.33) with 95% CIs, seeds, training time."""
+    rows, listed = [], set()
     for results_root, suite in suite_folders(root, dataset):
-        if results_root != os.path.join(root, "results"):
+        if results_root != os.path.join(root, "results") or suite not in ablate.RECIPE_SUITES:
             continue
         ref = ablate.REFERENCES[suite]
         runs = [s for s in read_suite(results_root, dataset, suite).current if s["variant"] == ref]
-        if not runs:
-            continue
         config = next(v.config for v in ablate.suite_variants(suite, dataset) if v.name == ref)
+        if not runs or config in listed:  # classes' reference is the rpn suite's: one row
+            continue
+        listed.add(config)
         metric = lambda m: _ci([s["metrics"][m] for s in runs]) if all(m in s["metrics"] for s in runs) else "-"  # noqa: E731
         minutes = [s["s_per_iter"] * s["iterations"] / 60 for s in runs if not math.isnan(s["s_per_iter"])]
         rows.append(f"| [`{config}`]({link}{config}) | {len(runs)} | {metric('bbox/AP')} | {metric('bbox/AP50')} | "
