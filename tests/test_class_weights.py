@@ -80,6 +80,8 @@ def test_bccd_splits_of_the_real_dataset():
     test_counts = [sum(a["category_id"] == c for d in sizes["bccd_test"] for a in d["annotations"]) for c in range(3)]
     assert test_counts == [805, 71, 69]  # the dataset's README
     assert MetadataCatalog.get("bccd_test").thing_classes == ["RBC", "WBC", "Platelets"]
+    ids = [d["image_id"] for d in sizes["bccd_trainval"]]
+    assert all(type(i) is int for i in ids) and len(set(ids)) == len(ids)  # pycocotools needs int ids
 
 
 def test_bccd_missing_names_where_it_looked_and_the_source(tmp_path, monkeypatch):

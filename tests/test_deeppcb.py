@@ -23,6 +23,8 @@ def test_splits_of_the_real_dataset():
     assert d["file_name"].endswith("_test.jpg") and (d["width"], d["height"]) == (640, 640)
     assert MetadataCatalog.get("deeppcb_test").thing_classes == deeppcb.CLASS_NAMES
     assert MetadataCatalog.get("deeppcb_test").evaluator_type == "deeppcb"
+    ids = [d["image_id"] for d in sizes["deeppcb_trainval"]]
+    assert all(type(i) is int for i in ids) and len(set(ids)) == len(ids)  # pycocotools needs int ids
 
 
 def _fake_root(tmp_path, lines):

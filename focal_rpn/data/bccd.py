@@ -34,5 +34,6 @@ def load_bccd(name: str, root: str = "") -> List[Dict]:
     root = root or bccd_root()
     with open(os.path.join(root, "ImageSets", "Main", SPLITS[name] + ".txt")) as f:
         stems = [line.strip() for line in f if line.strip()]
+    # int ids (BloodImage_00343 -> 343): pycocotools reads a str id as a list of ids (its characters)
     return [voc_dataset_dict(os.path.join(root, "JPEGImages", s + ".jpg"), os.path.join(root, "Annotations", s + ".xml"),
-                             s, CLASS_NAMES) for s in stems]
+                             int(s.rsplit("_", 1)[1]), CLASS_NAMES) for s in stems]

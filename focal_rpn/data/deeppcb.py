@@ -94,7 +94,9 @@ def load_deeppcb(split: str, root: str = "") -> List[Dict]:
         boxes, keep = clip_boxes_xyxy([b for b, _ in objs], width, height, ann_path)  # logs what it changed
         objs = [(box, objs[i][1]) for box, i in zip(boxes, keep)]
         dicts.append({
-            "file_name": file_name, "image_id": os.path.basename(stem), "width": width, "height": height,
+            # an int: pycocotools takes a str id for a list of ids (its characters), which left the
+            # proposal recall (box_proposals/AR@*) of string-id datasets NaN
+            "file_name": file_name, "image_id": int(os.path.basename(stem)), "width": width, "height": height,
             "annotations": [{"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": cls, "iscrowd": 0}
                             for box, cls in objs],
         })
