@@ -368,7 +368,8 @@ def test_config_differences_split_evaluation_from_training():
 # A value other than the default for each key added after the study's runs were made
 ADDED_KEY_VALUES = {"MODEL.ROI_ALIGN_IMPL": "gather", "MODEL.ROI_BOX_HEAD.CLASS_WEIGHTS": ["frequency"],
                     "MODEL.ROI_BOX_HEAD.BACKGROUND_WEIGHT": 0.5, "MODEL.ANCHOR_GENERATOR.FIT": True,
-                    "MODEL.ANCHOR_GENERATOR.FIT_MAX_IMAGES": 50, "MODEL.ANCHOR_GENERATOR.FITTED_ON": ("trees_train",)}
+                    "MODEL.ANCHOR_GENERATOR.FIT_MAX_IMAGES": 50, "MODEL.ANCHOR_GENERATOR.FITTED_ON": ("trees_train",),
+                    "MODEL.RETINANET.NEG_POS_RATIO": 10.0, "MODEL.FOCAL_RPN.NEG_POS_RATIO": 10.0}
 
 
 @pytest.mark.parametrize("key", sorted(ADDED_KEY_VALUES))

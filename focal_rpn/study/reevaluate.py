@@ -101,6 +101,8 @@ def reevaluate_run(summary: dict, cfg, run_dir: str, git_commit: str) -> dict:
     weights = _final_weights(trained_cfg, cfg, run_dir)
     metrics = evaluate_checkpoint(cfg, weights, os.path.join(run_dir, "reevaluate"))
     metrics = {k: v for k, v in metrics.items() if k.startswith(("bbox/", "box_proposals/", "deeppcb/"))}
+    # what training logged (the anchor ratios it saw) does not depend on the evaluation
+    metrics.update({k: v for k, v in summary.get("metrics", {}).items() if k in results.LOGGED_MEDIANS})
     kept = {k: v for k, v in summary.items() if k != "path"}  # load_summary's note of where it was read
     return {**kept, "metrics": metrics, "config_sha256": results.config_sha256(cfg),
             "config": results.comparable_config(cfg).dump(),
