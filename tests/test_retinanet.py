@@ -146,7 +146,7 @@ def test_negative_sampling_keeps_positives_and_r_negatives_per_positive():
     torch.manual_seed(0)
     counts = torch.zeros(1000)
     for _ in range(200):
-        keep = model._sampled_negatives(labels)
+        keep = model._sampled_negatives(labels, (labels >= 0) & (labels != k))
         assert (labels[keep] == k).all()
         assert keep.sum(1).tolist() == [20, 160, 4]
         counts += keep[0].float()
@@ -168,9 +168,9 @@ def test_negative_sampling_loss_is_focal_loss_over_the_kept_anchors(make_cfg):
     captured = {}
     orig = model._sampled_negatives
 
-    def spy(gt_labels):
+    def spy(gt_labels, pos_mask):
         captured["labels"] = gt_labels
-        captured["keep"] = orig(gt_labels)
+        captured["keep"] = orig(gt_labels, pos_mask)
         return captured["keep"]
 
     model._sampled_negatives = spy

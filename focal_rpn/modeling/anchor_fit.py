@@ -20,6 +20,7 @@ import logging
 from typing import List, NamedTuple, Sequence
 
 import numpy as np
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +40,10 @@ class AnchorFit(NamedTuple):
 
 def cell_shapes(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> np.ndarray:
     """(A, 2) widths and heights of one level's anchors, in Detectron2's order and convention
-    (area size², aspect ratio h / w)."""
-    out = []
-    for s in sizes:
-        for r in aspect_ratios:
-            w = np.sqrt(s * s / r)
-            out.append((w, w * r))
-    return np.asarray(out, dtype=np.float64)
+    (its DefaultAnchorGenerator's cell anchors: area size², aspect ratio h / w)."""
+    # generate_cell_anchors reads nothing from its instance
+    cell = DefaultAnchorGenerator.generate_cell_anchors(None, list(sizes), list(aspect_ratios)).double().numpy()
+    return cell[:, 2:] - cell[:, :2]
 
 
 def grid_offsets(boxes: np.ndarray, stride: float, offset: float = 0.0) -> np.ndarray:

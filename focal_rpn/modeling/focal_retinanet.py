@@ -94,7 +94,7 @@ class FocalRetinaNet(RetinaNet):
         else:
             valid = gt_labels >= 0
             if self.neg_pos_ratio > 0:
-                valid &= self._sampled_negatives(gt_labels) | pos_mask
+                valid &= self._sampled_negatives(gt_labels, pos_mask) | pos_mask
             get_event_storage().put_scalar("retinanet/loss_neg_pos_ratio",
                                            float((valid & ~pos_mask).sum()) / max(int(pos_mask.sum()), 1))
             loss_cls = self._cls_loss(logits[valid], gt_labels[valid]) / normalizer
@@ -110,11 +110,10 @@ class FocalRetinaNet(RetinaNet):
         )
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
 
-    def _sampled_negatives(self, gt_labels):
+    def _sampled_negatives(self, gt_labels, pos_mask):
         """(N, R) bool: per image, neg_pos_ratio negatives per positive (:func:`sample_negatives`)."""
-        return torch.stack([sample_negatives(labels == self.num_classes,
-                                             int(((labels >= 0) & (labels != self.num_classes)).sum()),
-                                             self.neg_pos_ratio) for labels in gt_labels])
+        return torch.stack([sample_negatives(labels == self.num_classes, int(pos.sum()), self.neg_pos_ratio)
+                            for labels, pos in zip(gt_labels, pos_mask)])
 
     def _cls_loss(self, logits, labels, reduction="sum"):
         """Classification loss of (M, K) logits against (M,) labels in [0, K] (K = background)."""
