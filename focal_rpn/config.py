@@ -73,10 +73,12 @@ def add_focal_rpn_config(cfg):
     _C.MODEL.ROI_BOX_HEAD.BACKGROUND_WEIGHT = -1.0
 
     # ---- Anchors fitted to the training boxes (focal_rpn/modeling/anchor_fit.py) ----
-    # True: before the model is built, SIZES (per level) and ASPECT_RATIOS are fitted to the boxes of
+    # True: before the model is built, SIZES and ASPECT_RATIOS are fitted to the boxes of
     # DATASETS.TRAIN after the training augmentations, keeping their counts, to maximise the share
     # of boxes with an anchor at the matcher's positive IoU. For data whose objects differ from
-    # the recipe's (a recipe's anchors are tuned to its own boxes). Logged as a table.
+    # the recipe's (a recipe's anchors are tuned to its own boxes). Sizes are the same multiples of
+    # each level's stride, so small and large boxes get about as many positive anchors (sizes
+    # placed freely where most boxes are starved BCCD's rare small platelets). Logged as a table.
     _C.MODEL.ANCHOR_GENERATOR.FIT = False
     # Images drawn (fixed seed) for the fit: its cost, not its outcome, grows with more.
     _C.MODEL.ANCHOR_GENERATOR.FIT_MAX_IMAGES = 1000

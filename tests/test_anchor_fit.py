@@ -7,7 +7,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.structures import Boxes, pairwise_iou
 
-from focal_rpn.modeling.anchor_fit import best_iou, fit_anchors
+from focal_rpn.modeling.anchor_fit import best_iou, fit_anchors, positives_per_box
 
 
 def _boxes_from(sizes, ratios, n, rng, jitter=0.03, lo=40, hi=400):
@@ -63,9 +63,9 @@ def test_fit_reports_the_matched_share_of_the_anchors_it_writes():
 
 
 def test_a_level_without_boxes_still_gets_valid_anchors():
-    """Boxes of 10-20 px on five levels (strides 8-128): the coarse levels hold no box's best anchor
-    and get their finer neighbour's sizes scaled by the stride ratio, so every level has finite,
-    positive sizes that Detectron2's anchor generator accepts."""
+    """Boxes of 10-20 px on five levels (strides 8-128): the coarse levels hold no box's best anchor,
+    are reported as such, and still get finite, positive sizes (the finest level's scaled by the
+    stride ratio) that Detectron2's anchor generator accepts."""
     rng = np.random.RandomState(3)
     boxes = _boxes_from([10, 14, 20], [1.0], 50, rng, jitter=0.1)
     strides = [8, 16, 32, 64, 128]
@@ -74,12 +74,45 @@ def test_a_level_without_boxes_still_gets_valid_anchors():
     sizes = np.array(fit.sizes)
     assert np.isfinite(sizes).all() and (sizes > 0).all()
     for i in fit.empty_levels:
-        j = i - 1
-        while j in fit.empty_levels:
-            j -= 1
-        np.testing.assert_allclose(sizes[i], sizes[j] * strides[i] / strides[j], rtol=0.02)
+        np.testing.assert_allclose(sizes[i], sizes[0] * strides[i] / strides[0], rtol=0.01)
     gen = DefaultAnchorGenerator(sizes=fit.sizes, aspect_ratios=[fit.aspect_ratios], strides=strides, offset=0.0)
     assert gen.num_anchors == [3] * 5
+
+
+def test_positives_per_box_counts_detectron2_anchors_over_the_threshold():
+    """The positives the fit reports for a box are the anchors Detectron2 lays on the image (every
+    level) whose pairwise_iou with that box reaches the threshold."""
+    rng = np.random.RandomState(4)
+    boxes = _boxes_from([20, 45, 90], [0.5, 1.0, 2.2], 8, rng, jitter=0.3, lo=150, hi=350)
+    sizes, ratios, strides = [[16, 24], [40, 60], [100, 150]], [0.5, 1.0, 2.0], [8, 16, 32]
+    for offset in (0.0, 0.5):
+        gen = DefaultAnchorGenerator(sizes=sizes, aspect_ratios=[ratios], strides=strides, offset=offset)
+        anchors = Boxes.cat(gen([torch.zeros(1, 1, 512 // s, 512 // s) for s in strides]))
+        iou = pairwise_iou(Boxes(torch.tensor(boxes, dtype=torch.float64)), Boxes(anchors.tensor.double()))
+        reference = (iou >= 0.5).sum(1).numpy()
+        assert reference.max() > 5 and (reference == 0).any()  # counts both ways
+        np.testing.assert_array_equal(positives_per_box(boxes, sizes, ratios, strides, 0.5, offset), reference)
+
+
+def test_fit_balances_positives_between_small_and_large_boxes():
+    """Few small boxes among many large ones (BCCD's platelets among red cells): the fitted anchors
+    are multiples of the stride, so the small boxes keep a share of the positives. Sizes placed
+    where most boxes are (two of three at the large boxes on the finest level) match every box too,
+    but give a large box ~30x a small one's positives."""
+    rng = np.random.RandomState(5)
+    small = _boxes_from([28], [1.0], 60, rng, jitter=0.1, lo=100, hi=300)
+    large = _boxes_from([90], [1.0], 700, rng, jitter=0.1, lo=100, hi=300)
+    strides = [8, 16, 32]
+    fit = fit_anchors(np.concatenate([small, large]), strides, 3, 1, 0.5)
+    crowded = [[28, 90, 95], [90, 95, 100], [180, 190, 200]]
+
+    def ratio(sizes):
+        small_pos, large_pos = (np.median(positives_per_box(b, sizes, [1.0], strides, 0.5)) for b in (small, large))
+        assert small_pos >= 1
+        return large_pos / small_pos
+
+    assert fit.matched_after == 1.0 and np.mean(best_iou(small, crowded, [1.0], strides)[0] >= 0.5) == 1.0
+    assert ratio(crowded) > 20 and ratio(fit.sizes) < ratio(crowded) / 3
 
 
 def test_fit_without_boxes_is_an_error_naming_the_key():

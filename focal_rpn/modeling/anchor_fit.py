@@ -1,20 +1,25 @@
 """Anchors fitted to a dataset's boxes (``MODEL.ANCHOR_GENERATOR.FIT``).
 
 Anchors decide which boxes are positives, so a recipe's anchors do not carry over to data whose
-objects have other sizes or shapes. The fit chooses the sizes per pyramid level and the aspect
-ratios (as many of each as the config has, so the anchors per location stay the same) that
-maximise the share of ground-truth boxes whose best anchor reaches the matcher's positive IoU
-threshold without the low-quality fallback (the quantity the matcher uses), with the mean best IoU
-as a tie-break. The boxes are those of the training data after the training augmentations, so
-the resize and the crops are seen as the model sees them.
+objects have other sizes or shapes. The fit chooses the anchor sizes and the aspect ratios (as
+many of each as the config has, so the anchors per location stay the same) that maximise the
+share of ground-truth boxes whose best anchor reaches the matcher's positive IoU threshold without
+the low-quality fallback (the quantity the matcher uses), with the mean best IoU as a tie-break.
+The boxes are those of the training data after the training augmentations, so the resize and the
+crops are seen as the model sees them.
+
+Sizes are multiples of each level's stride, the same multiples on every level (RetinaNet's
+4 x stride x 2^(k/3) has this form): a box then gets about as many positive anchors whatever its
+size. Sizes fitted per level freely put large anchors on fine strides where most boxes are: on
+BCCD a red cell got ~185 positive anchors and a platelet ~13, and the platelets were never
+detected (AP 28.9 -> 0.0; docs/recipes.md).
 
 The IoU of a box with an anchor of its level is computed exactly for the box's position: the best
 anchor of a shape is the one centred on the grid point nearest to the box's centre (along each
 axis the overlap shrinks with the centre distance), so a coarse level whose stride is large
-against a box loses IoU the way it does in training. Start: 1-D k-means of log(h/w) for the aspect
-ratios and of log(sqrt(wh)) for the sizes (sorted, the smallest on the finest level); then a
-coordinate search of each size and ratio by multiplicative steps. A level on which no box has its
-best anchor keeps no fitted size: it gets its neighbour's sizes scaled by the stride ratio.
+against a box loses IoU the way it does in training. Start: the aspect ratios from a 1-D k-means
+of log(h/w); the multiples octave-spaced (2^(k/n)), the smallest chosen on a grid of quarter
+octaves. Then a coordinate search of each multiple and ratio by multiplicative steps.
 """
 import logging
 from typing import List, NamedTuple, Sequence
@@ -35,7 +40,9 @@ class AnchorFit(NamedTuple):
     matched_before: float  # share of boxes with an anchor at IoU >= threshold, config's anchors
     matched_after: float  # the same with the fitted anchors
     boxes_per_level: List[int]  # boxes whose best fitted anchor is on each level
-    empty_levels: List[int]  # levels that held no box's best anchor (sizes scaled from a neighbour)
+    empty_levels: List[int]  # levels that hold no box's best anchor
+    positives_before: float  # median anchors at IoU >= threshold per box, config's anchors
+    positives_after: float  # the same with the fitted anchors
 
 
 def cell_shapes(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> np.ndarray:
@@ -92,54 +99,73 @@ def _score(boxes, sizes, ratios, strides, offset, threshold):
     return float(np.mean(best >= threshold)) + 1e-3 * float(best.mean())
 
 
+def positives_per_box(boxes: np.ndarray, sizes, aspect_ratios, strides, threshold: float,
+                      offset: float = 0.0) -> np.ndarray:
+    """(N,) anchors of every level at IoU >= ``threshold`` with each XYXY box (boxes alone, as if
+    no other box competed for them)."""
+    wh = boxes[:, 2:] - boxes[:, :2]
+    out = np.zeros(len(boxes), dtype=np.int64)
+    for sz, stride in zip(sizes, strides):
+        shapes = cell_shapes(sz, aspect_ratios)
+        # IoU >= t needs a centre offset <= (1 - t) * max(box side, anchor side) along each axis
+        reach = int(np.ceil((1 - threshold) * max(wh.max(), shapes.max()) / stride)) + 1
+        d0 = (boxes[:, :2] + boxes[:, 2:]) / 2 / stride - offset
+        d0 = (d0 - np.round(d0)) * stride  # signed offset to the nearest anchor centre
+        for i in range(-reach, reach + 1):
+            for j in range(-reach, reach + 1):
+                d = np.abs(d0 + np.array([i, j]) * stride)
+                out += (centred_iou(wh, d, shapes) >= threshold).sum(1)
+    return out
+
+
 def fit_anchors(boxes: np.ndarray, strides: Sequence[float], n_sizes: int, n_ratios: int,
                 threshold: float, offset: float = 0.0, initial_sizes=None, initial_ratios=None) -> AnchorFit:
-    """Fits ``n_sizes`` sizes per level (one level per stride, finest first) and ``n_ratios``
-    shared aspect ratios to ``boxes`` (N, 4) XYXY as the model sees them. ``initial_*`` (the
-    config's anchors) are only measured, for the before/after report."""
+    """Fits ``n_sizes`` sizes per level (one level per stride, finest first; level l's sizes are
+    m_k x stride_l with the same multiples m_k on every level) and ``n_ratios`` shared aspect
+    ratios to ``boxes`` (N, 4) XYXY as the model sees them. ``initial_*`` (the config's anchors)
+    are only measured, for the before/after report."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     wh = boxes[:, 2:] - boxes[:, :2]
     boxes = boxes[(wh > 0).all(1)]
     if len(boxes) == 0:
         raise ValueError("MODEL.ANCHOR_GENERATOR.FIT: the training datasets have no boxes to fit anchors to")
     wh = boxes[:, 2:] - boxes[:, :2]
-    levels = len(strides)
+    levels, stride = len(strides), np.asarray(strides, dtype=np.float64)
     log_r = kmeans_1d(np.log(wh[:, 1] / wh[:, 0]), n_ratios)
-    log_s = kmeans_1d(0.5 * np.log(wh[:, 0] * wh[:, 1]), levels * n_sizes).reshape(levels, n_sizes)
 
-    def score(ls, lr):
-        return _score(boxes, np.exp(ls), np.exp(lr), strides, offset, threshold)
+    def score(log_m, log_r):
+        return _score(boxes, stride[:, None] * np.exp(log_m)[None], np.exp(log_r), strides, offset, threshold)
 
-    best = score(log_s, log_r)
+    octave = np.arange(n_sizes) / n_sizes * np.log(2)
+    starts = [np.log(0.5) + q * np.log(2) / 4 + octave for q in range(25)]  # smallest multiple 0.5 .. 32
+    log_m = max(starts, key=lambda lm: score(lm, log_r)).copy()
+    best = score(log_m, log_r)
     for _ in range(_PASSES):
         improved = False
         for step in _STEPS:
-            for params, idx in [(log_s, i) for i in np.ndindex(log_s.shape)] + [(log_r, (j,)) for j in range(n_ratios)]:
+            for params, idx in [(log_m, i) for i in range(n_sizes)] + [(log_r, j) for j in range(n_ratios)]:
                 for sign in (1.0, -1.0):
                     params[idx] += sign * step
-                    s = score(log_s, log_r)
+                    s = score(log_m, log_r)
                     if s > best + 1e-9:
                         best, improved = s, True
                         break
                     params[idx] -= sign * step
         if not improved:
             break
-    sizes, ratios = np.sort(np.exp(log_s), 1), np.sort(np.exp(log_r))
+    # as written into the config
+    sizes = [[round(float(x), 1) for x in row] for row in stride[:, None] * np.sort(np.exp(log_m))[None]]
+    ratios = [round(float(r), 3) for r in np.sort(np.exp(log_r))]
     ious, level = best_iou(boxes, sizes, ratios, strides, offset)
     counts = np.bincount(level, minlength=levels)
-    empty = [i for i in range(levels) if counts[i] == 0]
-    held = [i for i in range(levels) if counts[i] > 0]
-    for i in empty:  # anchors of the level's own scale: they match no box either way
-        j = min(held, key=lambda h: abs(h - i))
-        sizes[i] = sizes[j] * strides[i] / strides[j]
-    before = float("nan")
+    before, pos_before = float("nan"), float("nan")
     if initial_sizes is not None and initial_ratios is not None:
         init = list(initial_sizes) * (levels if len(initial_sizes) == 1 else 1)
         before = float(np.mean(best_iou(boxes, init, initial_ratios, strides, offset)[0] >= threshold))
-    sizes = [[round(float(x), 1) for x in row] for row in sizes]  # as written into the config
-    ratios = [round(float(r), 3) for r in ratios]
-    after = float(np.mean(best_iou(boxes, sizes, ratios, strides, offset)[0] >= threshold))
-    return AnchorFit(sizes, ratios, before, after, counts.tolist(), empty)
+        pos_before = float(np.median(positives_per_box(boxes, init, initial_ratios, strides, threshold, offset)))
+    pos_after = float(np.median(positives_per_box(boxes, sizes, ratios, strides, threshold, offset)))
+    return AnchorFit(sizes, ratios, before, float(np.mean(ious >= threshold)), counts.tolist(),
+                     [i for i in range(levels) if counts[i] == 0], pos_before, pos_after)
 
 
 def apply_anchor_fit(cfg, in_features: Sequence[str], threshold: float):
@@ -179,9 +205,11 @@ def format_fit(fit: AnchorFit, datasets: Sequence[str], in_features: Sequence[st
     lines = [f"anchors fitted to the boxes of {', '.join(datasets)} (positives at IoU >= {threshold:g}):",
              f"{'level':<8}{'sizes':<28}{'boxes':>8}"]
     for i, (f, sizes, n) in enumerate(zip(in_features, fit.sizes, fit.boxes_per_level)):
-        note = "  (no box: scaled from a neighbour)" if i in fit.empty_levels else ""
+        note = "  (no box's best anchor)" if i in fit.empty_levels else ""
         lines.append(f"{f:<8}{' '.join(f'{s:g}' for s in sizes):<28}{n:>8}{note}")
     lines.append(f"aspect ratios (h/w): {' '.join(f'{r:g}' for r in fit.aspect_ratios)}")
     lines.append(f"boxes with an anchor at IoU >= {threshold:g}: {100 * fit.matched_before:.1f}% with the "
                  f"config's anchors, {100 * fit.matched_after:.1f}% fitted")
+    lines.append(f"positive anchors per box (median): {fit.positives_before:g} with the config's anchors, "
+                 f"{fit.positives_after:g} fitted")
     return "\n".join(lines)
