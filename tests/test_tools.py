@@ -263,6 +263,35 @@ def test_anchor_report_counts(tmp_path, capsys):
     assert matched["fitted"] > matched["the config's"]
     out = capsys.readouterr().out
     assert "negative:positive" in out and "anchors fitted to the boxes of synthetic_train" in out
+    assert out.count("positives/box median") == 2  # three classes: a per-class table before and after
+
+
+def test_anchor_report_per_box_positives_add_up_to_the_matchers_labels():
+    """Every positive anchor is counted once, for the box the matcher gave it to; a box's class is
+    its annotation's; a box is 'matched' exactly when some anchor reaches the positive IoU with it
+    (pairwise_iou over Detectron2's anchors, computed here independently)."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import BoxMode, Boxes, pairwise_iou
+
+    from focal_rpn.config import load_config
+    from focal_rpn.tools import anchor_report
+
+    cfg = load_config("configs/synthetic/retinanet.yaml")
+    rows, per_box = anchor_report.report(cfg, "synthetic_train", "the config's")
+    assert per_box[:, 1].sum() == sum(r[2] for r in rows) and len(per_box) == sum(r[5] for r in rows)
+    dicts = DatasetCatalog.get("synthetic_train")
+    assert per_box[:, 0].tolist() == [a["category_id"] for d in dicts for a in d["annotations"]]
+    model = anchor_report.build_model(cfg).eval()
+    gen = model.anchor_generator
+    matched = []
+    for d in dicts:  # synthetic images are fed at their own size (no resize at test time)
+        feats = [torch.zeros(1, 1, d["height"] // s, d["width"] // s) for s in gen.strides]
+        anchors = Boxes.cat(gen(feats))
+        gt = Boxes(torch.tensor([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in d["annotations"]],
+                                dtype=torch.float32).reshape(-1, 4))
+        if len(gt):
+            matched += (pairwise_iou(gt, anchors).max(1).values >= 0.5).tolist()
+    assert per_box[:, 2].astype(bool).tolist() == matched
 
 
 def test_evaluation_view_counts_and_colours():

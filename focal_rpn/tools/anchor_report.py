@@ -6,7 +6,8 @@ Anchors are labelled by the model's own matcher (RetinaNet: IoU ≥ 0.5 positive
 RPN: ≥ 0.7 / < 0.3) at the test-time input size, before any sampling. Prints the distribution
 over images and the negative:positive ratio (the RetinaNet paper's ~1000:1), and writes
 anchor_report.csv and anchor_report.png into --output. It also counts the boxes that have an anchor
-at the positive IoU (the matcher's fallback aside) and the positive anchors per box. With
+at the positive IoU (the matcher's fallback aside) and the positive anchors per box, per class
+when there are several. With
 MODEL.ANCHOR_GENERATOR.FIT True, the config's anchors and the fitted ones are reported side by side.
 """
 import argparse
@@ -15,7 +16,7 @@ import os
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, DatasetMapper, detection_utils as utils
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, detection_utils as utils
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, pairwise_iou
 
@@ -24,31 +25,40 @@ from ..config import dense_anchor_keys, fit_config_anchors, load_config
 
 @torch.no_grad()
 def count_anchor_labels(model, inputs, threshold: float):
-    """(positives, negatives, ignored, boxes, boxes matched) of one mapped image under the model's
-    anchor matcher; a box is matched when an anchor reaches ``threshold`` (the positive IoU) with it,
-    before the matcher's low-quality fallback gives every box its best anchor."""
+    """((positives, negatives, ignored, boxes, boxes matched), (G, 3) per box: class, positive
+    anchors, matched) of one mapped image under the model's anchor matcher; a box is matched when an
+    anchor reaches ``threshold`` (the positive IoU) with it, before the matcher's low-quality
+    fallback gives every box its best anchor. A positive anchor counts for the box it is matched to."""
     dense = model if hasattr(model, "anchor_matcher") else model.proposal_generator
     in_features = getattr(dense, "head_in_features", None) or dense.in_features
     images = model.preprocess_image([inputs])
     features = model.backbone(images.tensor)
     anchors = Boxes.cat(dense.anchor_generator([features[f] for f in in_features]))
-    gt = inputs["instances"].gt_boxes.to(anchors.device)
+    instances = inputs["instances"]
+    gt = instances.gt_boxes.to(anchors.device)
     if len(gt) == 0:
-        return 0, len(anchors), 0, 0, 0
+        return (0, len(anchors), 0, 0, 0), np.zeros((0, 3), dtype=np.int64)
     iou = pairwise_iou(gt, anchors)
-    _, labels = dense.anchor_matcher(iou)
-    matched = int((iou.max(1).values >= threshold).sum())
-    return int((labels == 1).sum()), int((labels == 0).sum()), int((labels == -1).sum()), len(gt), matched
+    matches, labels = dense.anchor_matcher(iou)
+    matched = iou.max(1).values >= threshold
+    per_box = torch.bincount(matches[labels == 1], minlength=len(gt))
+    boxes = np.stack([instances.gt_classes.numpy(), per_box.numpy(), matched.numpy()], 1).astype(np.int64)
+    counts = (int((labels == 1).sum()), int((labels == 0).sum()), int((labels == -1).sum()), len(gt), int(matched.sum()))
+    return counts, boxes
 
 
 def report(cfg, name: str, label: str):
     """Rows (image, positive, negative, ignored, boxes, matched) of dataset ``name`` under ``cfg``'s
-    anchors, printed as a distribution over images."""
+    anchors, printed as a distribution over images; with more than one class, also per class (the
+    share of boxes matched and the positive anchors per box)."""
     _, threshold = dense_anchor_keys(cfg)
     model = build_model(cfg).eval()
     mapper = DatasetMapper(cfg, is_train=True, augmentations=utils.build_augmentation(cfg, is_train=False))
-    rows = [(os.path.basename(d["file_name"]),) + count_anchor_labels(model, mapper(d), threshold)
-            for d in DatasetCatalog.get(name)]
+    rows, per_box = [], []
+    for d in DatasetCatalog.get(name):
+        counts, boxes = count_anchor_labels(model, mapper(d), threshold)
+        rows.append((os.path.basename(d["file_name"]),) + counts)
+        per_box.append(boxes)
     counts = np.array([r[1:] for r in rows], dtype=float)
     ag = cfg.MODEL.ANCHOR_GENERATOR
     print(f"{name}, {label} anchors (sizes {ag.SIZES}, aspect ratios {ag.ASPECT_RATIOS}): {len(rows)} images, "
@@ -61,7 +71,16 @@ def report(cfg, name: str, label: str):
     print(f"negative:positive = {counts[:, 1].sum() / max(counts[:, 0].sum(), 1):.0f}:1, "
           f"boxes with an anchor at IoU >= {threshold:g}: {100 * counts[:, 4].sum() / boxes:.1f}%, "
           f"positive anchors per box: {counts[:, 0].sum() / boxes:.1f}")
-    return [(label,) + r for r in rows]
+    per_box = np.concatenate(per_box)
+    classes = MetadataCatalog.get(name).get("thing_classes", [])
+    if len(classes) > 1 and len(per_box):
+        # a rare class can be matched and still get few positives against a common one
+        print(f"{'class':<16}{'boxes':>8}{'matched':>10}{'positives/box median':>22}{'mean':>8}")
+        for k, cls in enumerate(classes):
+            b = per_box[per_box[:, 0] == k]
+            if len(b):
+                print(f"{cls:<16}{len(b):>8}{100 * b[:, 2].mean():>9.1f}%{np.median(b[:, 1]):>22.0f}{b[:, 1].mean():>8.1f}")
+    return [(label,) + r for r in rows], per_box
 
 
 def main(argv=None):
@@ -74,10 +93,11 @@ def main(argv=None):
     cfg = load_config(args.config_file, args.opts, fit_anchors=False)
     name = args.dataset or cfg.DATASETS.TRAIN[0]
     fitted, message = fit_config_anchors(cfg)
-    rows = report(cfg, name, "the config's")
+    rows, _ = report(cfg, name, "the config's")
     if message:  # MODEL.ANCHOR_GENERATOR.FIT: before and after
         print(message)
-        rows += report(fitted, name, "fitted")
+        more, _ = report(fitted, name, "fitted")
+        rows += more
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "anchor_report.csv"), "w", newline="") as f:
         w = csv.writer(f)
