@@ -144,3 +144,65 @@ def test_fitted_config_is_written_explicit_and_is_the_same_run(tmp_path):
     assert same_training(saved, as_written) and config_sha256(cfg) == config_sha256(as_written)
     plain = load_config("configs/synthetic/retinanet.yaml")
     assert not same_training(plain, as_written)
+
+
+def _modified_anchors(cfg):
+    """A copy of a fitted ``cfg`` whose anchors are another fit's (sizes 10% larger)."""
+    other = cfg.clone()
+    other.defrost()
+    other.MODEL.ANCHOR_GENERATOR.SIZES = [[round(1.1 * s, 1) for s in level] for level in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
+    other.freeze()
+    return other
+
+
+def test_resume_keeps_the_anchors_the_run_fitted(tmp_path):
+    """--resume of a fitted run takes the anchors from the run's config.yaml (its checkpoint was
+    trained with them) instead of fitting again; without --resume, or without a checkpoint, the fit
+    is made."""
+    from detectron2.engine import default_argument_parser
+
+    from focal_rpn.config import load_config
+    from focal_rpn.engine.main import setup
+
+    argv = ["--config-file", "configs/synthetic/retinanet.yaml", "MODEL.ANCHOR_GENERATOR.FIT", "True",
+            "OUTPUT_DIR", str(tmp_path)]
+    fitted = setup(default_argument_parser().parse_args(argv))
+    earlier = _modified_anchors(fitted)  # as if an earlier version of the fit had trained this run
+    (tmp_path / "config.yaml").write_text(earlier.dump())
+    assert setup(default_argument_parser().parse_args(["--resume"] + argv)).MODEL.ANCHOR_GENERATOR.SIZES == \
+        fitted.MODEL.ANCHOR_GENERATOR.SIZES  # no checkpoint yet: nothing to keep
+    (tmp_path / "config.yaml").write_text(earlier.dump())
+    (tmp_path / "last_checkpoint").write_text("model_0000004.pth")
+    resumed = setup(default_argument_parser().parse_args(["--resume"] + argv))
+    assert resumed.MODEL.ANCHOR_GENERATOR.SIZES == earlier.MODEL.ANCHOR_GENERATOR.SIZES
+    assert "not fitted again" in (tmp_path / "log.txt").read_text()
+    assert load_config(str(tmp_path / "config.yaml")).MODEL.ANCHOR_GENERATOR.SIZES == earlier.MODEL.ANCHOR_GENERATOR.SIZES
+    assert setup(default_argument_parser().parse_args(argv)).MODEL.ANCHOR_GENERATOR.SIZES == \
+        fitted.MODEL.ANCHOR_GENERATOR.SIZES
+
+
+def test_study_runs_with_anchors_fitted_otherwise_are_other_runs(tmp_path):
+    """The study plans a fitted variant with the anchors its training will fit: a summary, or a run
+    folder with a checkpoint, whose anchors were fitted otherwise (other code, other data) is not
+    that run (stale; set aside rather than resumed), though its config as written is the same."""
+    from focal_rpn.study import summaries
+    from focal_rpn.study.runner import set_aside_other_training
+    from focal_rpn.study.suites import run_config, suite_variants
+
+    fitted_variant = [v for v in suite_variants("anchor_fit", "synthetic") if v.name == "fitted"][0]
+    cfg = run_config(fitted_variant, 0, [])
+    assert cfg.MODEL.ANCHOR_GENERATOR.FITTED_ON == ("synthetic_train",)
+    other = _modified_anchors(cfg)
+    assert summaries.config_sha256(other) == summaries.config_sha256(cfg)  # the config as written
+    path = str(tmp_path / "seed0.json")
+    for anchors_of, state in ((cfg, "current"), (other, "stale")):
+        summaries.write_summary(path, {"variant": "fitted", "seed": 0, "config_sha256": summaries.config_sha256(cfg),
+                                       "anchors": summaries.fitted_anchors(anchors_of), "metrics": {"bbox/AP50": 1.0}})
+        assert summaries.summary_state(path, summaries.run_identity(cfg)) == state
+    for trained, kept in ((cfg, True), (other, False)):
+        run = tmp_path / f"run_{kept}"
+        run.mkdir()
+        (run / "config.yaml").write_text(trained.dump())
+        (run / "last_checkpoint").write_text("model_final.pth")
+        set_aside_other_training(str(run), cfg)
+        assert run.exists() == kept and (tmp_path / f"run_{kept}.stale-1").exists() != kept

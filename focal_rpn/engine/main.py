@@ -2,6 +2,7 @@
 library (importable, picklable) so that Detectron2's ``launch`` can start it in worker processes
 from any launcher (``focal_rpn.tools.train_net``, the study's SLURM jobs)."""
 import logging
+import os
 
 import torch.distributed
 from detectron2.engine import default_setup
@@ -13,19 +14,42 @@ from .checkpoint import load_weights_strict
 from .trainer import Trainer
 
 
+def resumed_anchors(cfg, resume: bool):
+    """(cfg, "") or with ``resume``, MODEL.ANCHOR_GENERATOR.FIT and a checkpoint in OUTPUT_DIR, a copy
+    with the anchors that run fitted (its config.yaml, when fitted to the same DATASETS.TRAIN): its
+    weights were trained with them, and a fit made now (by other code) need not give the same; and
+    the line that says so for the log."""
+    ag = cfg.MODEL.ANCHOR_GENERATOR
+    saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if not (resume and ag.FIT and not ag.FITTED_ON and os.path.isfile(saved)
+            and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
+        return cfg, ""
+    run = load_config(saved, check_datasets=[], fit_anchors=False).MODEL.ANCHOR_GENERATOR
+    if tuple(run.FITTED_ON) != tuple(cfg.DATASETS.TRAIN):
+        return cfg, ""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES, cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = run.SIZES, run.ASPECT_RATIOS
+    cfg.MODEL.ANCHOR_GENERATOR.FITTED_ON = run.FITTED_ON
+    cfg.freeze()
+    return cfg, (f"resuming {cfg.OUTPUT_DIR}: the anchors it fitted to {', '.join(run.FITTED_ON)} (sizes "
+                 f"{run.SIZES}, aspect ratios {run.ASPECT_RATIOS}), not fitted again")
+
+
 def setup(args):
     """The config of ``args`` (``--config-file`` and options), with Detectron2's default_setup
     (logging, OUTPUT_DIR/config.yaml, seeding). Anchors fitted (MODEL.ANCHOR_GENERATOR.FIT) before
-    the config is written, so that the run's config.yaml holds them."""
-    cfg, fit_message = fit_config_anchors(load_config(args.config_file, args.opts, fit_anchors=False))
+    the config is written, so that the run's config.yaml holds them; a resumed run keeps its own."""
+    cfg, resumed = resumed_anchors(load_config(args.config_file, args.opts, fit_anchors=False), args.resume)
+    cfg, fit_message = fit_config_anchors(cfg)
     default_setup(cfg, args)
     # default_setup logs "detectron2" and "fvcore"; the project's own records (dataset defects
     # dropped or clipped, class weights, the anchor fit) go to the same console and log.txt
     # (setup_logger stops propagation; the root logger keeps receiving them, as by default, for
     # whoever listens there: an embedding program, pytest's caplog)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_rpn").propagate = True
-    if fit_message:
-        logging.getLogger(__name__).info(fit_message)
+    if fit_message or resumed:
+        logging.getLogger(__name__).info(fit_message or resumed)
     return cfg
 
 

@@ -54,7 +54,7 @@ def _as_lists(value):
 def config_differences(trained_cfg, cfg) -> Dict[str, List[str]]:
     """The keys whose values differ between the config a run was trained with and ``cfg``, as
     "KEY: old -> new" lines, split into {"evaluation": [...], "training": [...]}."""
-    from .summaries import comparable_config
+    from .summaries import comparable_config, fitted_anchors
 
     # compared as config_sha256 compares them (where a run is written, result-neutral keys and
     # switched-off features left out)
@@ -64,6 +64,10 @@ def config_differences(trained_cfg, cfg) -> Dict[str, List[str]]:
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             kind = "evaluation" if key in EVAL_ONLY_KEYS or key.startswith(AVERAGE_PREFIX) else "training"
             diffs[kind].append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+    # fitted anchors are left out of the hash (the config as written names the run) but not out of
+    # the weights: a checkpoint is only valid with the anchors it was trained with
+    if fitted_anchors(trained_cfg) != fitted_anchors(cfg):
+        diffs["training"].append(f"fitted anchors: {fitted_anchors(trained_cfg)} -> {fitted_anchors(cfg)}")
     return diffs
 
 

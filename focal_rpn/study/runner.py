@@ -26,8 +26,7 @@ def summarize(variant: Variant, seed: int, opts: List[str], run_dir: str, peak_r
     if cfg.MODEL.ANCHOR_GENERATOR.FIT:  # the anchors the run fitted, from the config it wrote
         from ..config import load_config
 
-        ag = load_config(os.path.join(run_dir, "config.yaml"), check_datasets=[]).MODEL.ANCHOR_GENERATOR
-        summary["anchors"] = {"sizes": [list(s) for s in ag.SIZES], "aspect_ratios": [list(r) for r in ag.ASPECT_RATIOS]}
+        summary["anchors"] = results.fitted_anchors(load_config(os.path.join(run_dir, "config.yaml"), check_datasets=[]))
     return summary
 
 
@@ -41,9 +40,10 @@ def set_aside_other_training(run_dir: str, cfg) -> None:
     try:
         from ..config import load_config
 
-        if results.same_training(load_config(saved), cfg):
+        trained = load_config(saved, check_datasets=[])
+        if results.same_training(trained, cfg) and results.fitted_anchors(trained) == results.fitted_anchors(cfg):
             return
-        why = "trained under another config"
+        why = "trained under another config" + (", or with anchors fitted otherwise" if cfg.MODEL.ANCHOR_GENERATOR.FIT else "")
     except Exception as e:  # no config.yaml, or one this version cannot read: not the same run
         why = f"its config.yaml cannot be compared ({type(e).__name__}: {e})"
     n = 1
@@ -77,6 +77,7 @@ def run_one(variant: Variant, seed: int, opts: List[str], run_dir: str, num_gpus
         cfg = run_config(variant, seed, opts)
         return {"variant": variant.name, "seed": seed, "config_sha256": results.config_sha256(cfg),
                 "config": results.comparable_config(cfg).dump(), "opts": list(opts),
+                **({"anchors": results.fitted_anchors(cfg)} if cfg.MODEL.ANCHOR_GENERATOR.FIT else {}),
                 "git_commit": results.git_commit(ROOT), "wall_s": time.time() - t0,
                 "failed": results.failure(run_dir, log_path, code)}
     return summarize(variant, seed, opts, run_dir, usage.ru_maxrss / 1024, time.time() - t0)

@@ -107,6 +107,7 @@ class StudyRun:
         results.write_summary(self.summary_path, {
             "variant": self.variant.name, "seed": self.seed, "config_sha256": results.config_sha256(cfg),
             "config": results.comparable_config(cfg).dump(), "opts": list(self.opts), "job_id": env.job_id,
+            **({"anchors": results.fitted_anchors(cfg)} if cfg.MODEL.ANCHOR_GENERATOR.FIT else {}),
             "wall_s": self.elapsed + time.time() - self._started, "failed": record})
 
     def checkpoint(self):

@@ -1,5 +1,6 @@
 """The suites of the study: which variants, with which configs and options, and the config a
 run of one variant and seed trains."""
+import functools
 import os
 from typing import Dict, List, NamedTuple
 
@@ -127,12 +128,26 @@ def suite_variants(suite: str, dataset: str) -> List[Variant]:
 
 
 def run_config(variant: Variant, seed: int, opts: List[str]):
-    """The full config a run of ``variant`` with ``seed`` and the extra ``opts`` trains."""
+    """The full config a run of ``variant`` with ``seed`` and the extra ``opts`` trains; with
+    MODEL.ANCHOR_GENERATOR.FIT, with the anchors its training process will fit (the fit does not
+    depend on the seed: it is made once per config)."""
     from ..config import load_config
 
-    # as written, not fitted: a run's anchor fit happens in its training process
-    return load_config(os.path.join(ROOT, variant.config), variant.opts + list(opts) + ["SEED", str(seed)],
-                       fit_anchors=False)
+    cfg = load_config(os.path.join(ROOT, variant.config), variant.opts + list(opts) + ["SEED", str(seed)],
+                      freeze=False, fit_anchors=False)
+    ag = cfg.MODEL.ANCHOR_GENERATOR
+    if ag.FIT and not ag.FITTED_ON:
+        ag.SIZES, ag.ASPECT_RATIOS, ag.FITTED_ON = _fitted_anchors(variant.config, tuple(variant.opts) + tuple(opts))
+    cfg.freeze()
+    return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def _fitted_anchors(config: str, opts: tuple):
+    from ..config import fit_config_anchors, load_config
+
+    ag = fit_config_anchors(load_config(os.path.join(ROOT, config), list(opts), fit_anchors=False))[0].MODEL.ANCHOR_GENERATOR
+    return ag.SIZES, ag.ASPECT_RATIOS, ag.FITTED_ON
 
 
 def run_dir(out: str, suite: str, dataset: str, variant: str, seed: int) -> str:

@@ -88,6 +88,30 @@ def config_sha256(cfg) -> str:
     return hashlib.sha256(comparable_config(cfg).dump().encode()).hexdigest()
 
 
+def fitted_anchors(cfg) -> Optional[dict]:
+    """With MODEL.ANCHOR_GENERATOR.FIT, the anchors of ``cfg`` as a summary keeps them (``anchors``);
+    else None."""
+    ag = cfg.MODEL.ANCHOR_GENERATOR
+    if not ag.get("FIT", False):
+        return None
+    return {"sizes": [[float(x) for x in s] for s in ag.SIZES], "aspect_ratios": [[float(r) for r in a] for a in ag.ASPECT_RATIOS]}
+
+
+def _identity(sha256: str, anchors: Optional[dict]) -> str:
+    return sha256 if anchors is None else f"{sha256} anchors {json.dumps(anchors, sort_keys=True)}"
+
+
+def run_identity(cfg) -> str:
+    """What makes two runs the same run: :func:`config_sha256`, and with anchors fitted, the anchors
+    (a fit of other data, or by other code, trains another model from the same config as written)."""
+    return _identity(config_sha256(cfg), fitted_anchors(cfg))
+
+
+def summary_identity(summary: dict) -> str:
+    """:func:`run_identity` of the run a summary records."""
+    return _identity(summary["config_sha256"], summary.get("anchors"))
+
+
 def same_training(a, b) -> bool:
     """Whether configs ``a`` and ``b`` train the same run (OUTPUT_DIR and RESULT_NEUTRAL_KEYS
     aside), compared as data: a config read back from a run's config.yaml dumps shared lists
@@ -147,14 +171,14 @@ def write_summary(path: str, summary: dict) -> None:
     os.replace(tmp, path)
 
 
-def summary_state(path: str, expected_sha256: str) -> Optional[str]:
-    """"current" when ``path`` holds a summary of the config with ``expected_sha256``, "failed"
+def summary_state(path: str, expected: str) -> Optional[str]:
+    """"current" when ``path`` holds a summary of the run :func:`run_identity` ``expected``, "failed"
     when it records a failed run of it, "stale" when it is a summary of another config (an
-    earlier recipe), None when there is no summary."""
+    earlier recipe, or anchors fitted otherwise), None when there is no summary."""
     if not os.path.isfile(path):
         return None
     s = load_summary(path)
-    if s["config_sha256"] != expected_sha256:
+    if summary_identity(s) != expected:
         return "stale"
     return "failed" if "failed" in s else "current"
 
@@ -181,9 +205,9 @@ def failure(run_dir: str, log: str, exit_code: int) -> dict:
     return {"cause": cause, "iteration": iteration, "log": log}
 
 
-def find_same_run(results_dir: str, dataset: str, seed: int, sha256: str, path: str) -> Optional[dict]:
+def find_same_run(results_dir: str, dataset: str, seed: int, identity: str, path: str) -> Optional[dict]:
     """A summary under ``results_dir/dataset`` other than ``path`` (another suite or variant) of a run
-    whose config hashes to ``sha256``, with the same seed: the same training and evaluation, so its
+    whose :func:`run_identity` is ``identity``, with the same seed: the same training and evaluation, so its
     result stands for the run at ``path`` (e.g. the ``rpn_lambda`` suite's ``lambda_1`` is the ``rpn``
     suite's ``rpn_fl_sigmoid``). None when there is none; files that are not summaries are passed
     over (their own suite's report names them)."""
@@ -194,7 +218,7 @@ def find_same_run(results_dir: str, dataset: str, seed: int, sha256: str, path: 
             s = load_summary(other)
         except ValueError:
             continue
-        if s["config_sha256"] == sha256 and "failed" not in s:  # the seed is part of the config, so of the hash
+        if summary_identity(s) == identity and "failed" not in s:  # the seed is part of the config, so of the hash
             return s
     return None
 
@@ -262,7 +286,7 @@ def read_summaries(results_dir: str, dataset: str, suite: str, variants: List[st
             cfg = build_config(v, int(s["seed"]))
             if "failed" in s:
                 failed.append(s)
-            elif s["config_sha256"] != config_sha256(cfg):
+            elif summary_identity(s) != run_identity(cfg):
                 earlier.setdefault(recipe_difference(s, cfg), []).append(s)
             else:
                 current.append(s)

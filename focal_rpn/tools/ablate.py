@@ -85,7 +85,7 @@ def main(argv=None):
     # Seed-major: a suite stopped part-way has every variant at the same seeds, so the paired
     # comparisons it can already make use all of them.
     jobs = [(v, seed, results.summary_path(args.results, args.dataset, args.suite, v.name, seed),
-             results.config_sha256(run_config(v, seed, args.opts)))
+             results.run_identity(run_config(v, seed, args.opts)))
             for seed in range(args.seeds) for v in variants]
     if args.reevaluate:
         runner.reevaluate_stale(jobs, args)
