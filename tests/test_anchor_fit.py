@@ -184,7 +184,8 @@ def test_resume_keeps_the_anchors_the_run_fitted(tmp_path):
 def test_study_runs_with_anchors_fitted_otherwise_are_other_runs(tmp_path):
     """The study plans a fitted variant with the anchors its training will fit: a summary, or a run
     folder with a checkpoint, whose anchors were fitted otherwise (other code, other data) is not
-    that run (stale; set aside rather than resumed), though its config as written is the same."""
+    that run (stale; set aside rather than resumed; not re-evaluated), though its config as written
+    is the same."""
     from focal_rpn.study import summaries
     from focal_rpn.study.runner import set_aside_other_training
     from focal_rpn.study.suites import run_config, suite_variants
@@ -206,3 +207,8 @@ def test_study_runs_with_anchors_fitted_otherwise_are_other_runs(tmp_path):
         (run / "last_checkpoint").write_text("model_final.pth")
         set_aside_other_training(str(run), cfg)
         assert run.exists() == kept and (tmp_path / f"run_{kept}.stale-1").exists() != kept
+    # and --reevaluate refuses weights trained with other anchors as a training change
+    from focal_rpn.study.reevaluate import config_differences
+
+    assert config_differences(cfg, cfg) == {"evaluation": [], "training": []}
+    assert [d.split(":")[0] for d in config_differences(other, cfg)["training"]] == ["fitted anchors"]

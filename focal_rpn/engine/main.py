@@ -10,6 +10,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import fit_config_anchors, load_config
+from ..modeling.anchor_fit import with_anchors
 from .checkpoint import load_weights_strict
 from .trainer import Trainer
 
@@ -27,12 +28,7 @@ def resumed_anchors(cfg, resume: bool):
     run = load_config(saved, check_datasets=[], fit_anchors=False).MODEL.ANCHOR_GENERATOR
     if tuple(run.FITTED_ON) != tuple(cfg.DATASETS.TRAIN):
         return cfg, ""
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES, cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = run.SIZES, run.ASPECT_RATIOS
-    cfg.MODEL.ANCHOR_GENERATOR.FITTED_ON = run.FITTED_ON
-    cfg.freeze()
-    return cfg, (f"resuming {cfg.OUTPUT_DIR}: the anchors it fitted to {', '.join(run.FITTED_ON)} (sizes "
+    return with_anchors(cfg, run.SIZES, run.ASPECT_RATIOS, run.FITTED_ON), (f"resuming {cfg.OUTPUT_DIR}: the anchors it fitted to {', '.join(run.FITTED_ON)} (sizes "
                  f"{run.SIZES}, aspect ratios {run.ASPECT_RATIOS}), not fitted again")
 
 

@@ -168,6 +168,19 @@ def fit_anchors(boxes: np.ndarray, strides: Sequence[float], n_sizes: int, n_rat
                      [i for i in range(levels) if counts[i] == 0], pos_before, pos_after)
 
 
+def with_anchors(cfg, sizes, aspect_ratios, fitted_on):
+    """A copy of ``cfg`` (frozen as ``cfg`` is) whose ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS are
+    fitted ones and whose FITTED_ON names the datasets they were fitted to (so that the config is
+    explicit and not fitted again)."""
+    out = cfg.clone()
+    out.defrost()
+    ag = out.MODEL.ANCHOR_GENERATOR
+    ag.SIZES, ag.ASPECT_RATIOS, ag.FITTED_ON = sizes, aspect_ratios, tuple(fitted_on)
+    if cfg.is_frozen():
+        out.freeze()
+    return out
+
+
 def apply_anchor_fit(cfg, in_features: Sequence[str], threshold: float):
     """(cfg, AnchorFit or None): with MODEL.ANCHOR_GENERATOR.FIT on and not yet fitted, a copy of
     ``cfg`` whose ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS are fitted to DATASETS.TRAIN (anchors on
@@ -190,14 +203,7 @@ def apply_anchor_fit(cfg, in_features: Sequence[str], threshold: float):
     boxes = training_boxes(cfg, cfg.DATASETS.TRAIN, ag.FIT_MAX_IMAGES)
     fit = fit_anchors(boxes, strides, len(ag.SIZES[0]), len(ag.ASPECT_RATIOS[0]), threshold, ag.OFFSET,
                       ag.SIZES, ag.ASPECT_RATIOS[0])
-    out = cfg.clone()
-    out.defrost()
-    out.MODEL.ANCHOR_GENERATOR.SIZES = fit.sizes
-    out.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [fit.aspect_ratios]
-    out.MODEL.ANCHOR_GENERATOR.FITTED_ON = tuple(cfg.DATASETS.TRAIN)
-    if cfg.is_frozen():
-        out.freeze()
-    return out, fit
+    return with_anchors(cfg, fit.sizes, [fit.aspect_ratios], cfg.DATASETS.TRAIN), fit
 
 
 def format_fit(fit: AnchorFit, datasets: Sequence[str], in_features: Sequence[str], threshold: float) -> str:

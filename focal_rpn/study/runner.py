@@ -20,8 +20,7 @@ def summarize(variant: Variant, seed: int, opts: List[str], run_dir: str, peak_r
     summary = {
         "variant": variant.name, "seed": seed, "iterations": cfg.SOLVER.MAX_ITER,
         "s_per_iter": metrics.pop("s_per_iter"), "peak_rss_mb": peak_rss_mb, "wall_s": wall_s,
-        "config_sha256": results.config_sha256(cfg), "config": results.comparable_config(cfg).dump(),
-        "opts": list(opts), "git_commit": results.git_commit(ROOT), "metrics": metrics,
+        **results.config_record(cfg, opts), "git_commit": results.git_commit(ROOT), "metrics": metrics,
     }
     if cfg.MODEL.ANCHOR_GENERATOR.FIT:  # the anchors the run fitted, from the config it wrote
         from ..config import load_config
@@ -75,9 +74,7 @@ def run_one(variant: Variant, seed: int, opts: List[str], run_dir: str, num_gpus
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         cfg = run_config(variant, seed, opts)
-        return {"variant": variant.name, "seed": seed, "config_sha256": results.config_sha256(cfg),
-                "config": results.comparable_config(cfg).dump(), "opts": list(opts),
-                **({"anchors": results.fitted_anchors(cfg)} if cfg.MODEL.ANCHOR_GENERATOR.FIT else {}),
+        return {"variant": variant.name, "seed": seed, **results.config_record(cfg, opts),
                 "git_commit": results.git_commit(ROOT), "wall_s": time.time() - t0,
                 "failed": results.failure(run_dir, log_path, code)}
     return summarize(variant, seed, opts, run_dir, usage.ru_maxrss / 1024, time.time() - t0)

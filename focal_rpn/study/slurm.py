@@ -105,9 +105,8 @@ class StudyRun:
         record = results.failure(self.run_dir, log, 1)
         record["cause"] = f"{type(error).__name__}: {str(error)[:500]}"
         results.write_summary(self.summary_path, {
-            "variant": self.variant.name, "seed": self.seed, "config_sha256": results.config_sha256(cfg),
-            "config": results.comparable_config(cfg).dump(), "opts": list(self.opts), "job_id": env.job_id,
-            **({"anchors": results.fitted_anchors(cfg)} if cfg.MODEL.ANCHOR_GENERATOR.FIT else {}),
+            "variant": self.variant.name, "seed": self.seed, **results.config_record(cfg, self.opts),
+            "job_id": env.job_id,
             "wall_s": self.elapsed + time.time() - self._started, "failed": record})
 
     def checkpoint(self):

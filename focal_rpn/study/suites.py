@@ -58,11 +58,6 @@ def sweep_name(loss: str, ratio: float) -> str:
     return f"{loss}_{'all' if ratio == 0 else f'neg{ratio:g}'}"
 
 
-# The same dial in the RPN (MODEL.FOCAL_RPN.NEG_POS_RATIO): the sigmoid FocalRPN at each point
-# ("focal_neg10" ... "focal_all") against Detectron2's sampled RPN ("sampled": 256 anchors per
-# image, at most half positives), which sees about 1:1 whatever the dial.
-
-
 # The variant every other one of a suite is compared with (paired by seed).
 REFERENCES = {"rpn": "rpn_ce", "retinanet": "gamma_2", "rpn_lambda": "lambda_1", "classes": "ce",
               "anchor_fit": "recipe_anchors", "sweep": "fl_all", "sweep_rpn": "sampled"}
@@ -116,6 +111,8 @@ def suite_variants(suite: str, dataset: str) -> List[Variant]:
         return [Variant(sweep_name(loss, r), cfg, RETINANET_VARIANTS[key] + (["MODEL.RETINANET.NEG_POS_RATIO", str(float(r))] if r else []) + extra)
                 for r in SWEEP_RATIOS for loss, key in SWEEP_LOSSES.items()]
     if suite == "sweep_rpn":
+        # the same dial in the RPN (MODEL.FOCAL_RPN.NEG_POS_RATIO): the sigmoid FocalRPN at each point
+        # against Detectron2's sampled RPN (256 anchors per image, at most half positives: ~1:1 throughout)
         return [Variant("sampled", frcnn("rpn_ce"), list(extra))] + [
             Variant(sweep_name("focal", r), frcnn("rpn_fl_sigmoid"),
                     (["MODEL.FOCAL_RPN.NEG_POS_RATIO", str(float(r))] if r else []) + extra) for r in SWEEP_RATIOS]
@@ -133,17 +130,20 @@ def run_config(variant: Variant, seed: int, opts: List[str]):
     depend on the seed: it is made once per config)."""
     from ..config import load_config
 
+    from ..modeling.anchor_fit import with_anchors
+
     cfg = load_config(os.path.join(ROOT, variant.config), variant.opts + list(opts) + ["SEED", str(seed)],
-                      freeze=False, fit_anchors=False)
+                      fit_anchors=False)
     ag = cfg.MODEL.ANCHOR_GENERATOR
     if ag.FIT and not ag.FITTED_ON:
-        ag.SIZES, ag.ASPECT_RATIOS, ag.FITTED_ON = _fitted_anchors(variant.config, tuple(variant.opts) + tuple(opts))
-    cfg.freeze()
+        cfg = with_anchors(cfg, *_fitted_anchors(variant.config, tuple(variant.opts) + tuple(opts)))
     return cfg
 
 
 @functools.lru_cache(maxsize=None)
 def _fitted_anchors(config: str, opts: tuple):
+    """(SIZES, ASPECT_RATIOS, FITTED_ON) the fit gives ``config`` with ``opts`` (no seed: the fit
+    draws its images with a fixed one)."""
     from ..config import fit_config_anchors, load_config
 
     ag = fit_config_anchors(load_config(os.path.join(ROOT, config), list(opts), fit_anchors=False))[0].MODEL.ANCHOR_GENERATOR

@@ -46,8 +46,9 @@ ADDED_KEYS = {"MODEL.ROI_ALIGN_IMPL": "torchvision", "MODEL.ROI_BOX_HEAD.CLASS_W
               "MODEL.ANCHOR_GENERATOR.FIT_MAX_IMAGES": 1000, "MODEL.ANCHOR_GENERATOR.FITTED_ON": (),
               "MODEL.RETINANET.NEG_POS_RATIO": 0.0, "MODEL.FOCAL_RPN.NEG_POS_RATIO": 0.0}
 
-# With MODEL.ANCHOR_GENERATOR.FIT on, the anchors are an output of the fit, not part of what a run
-# is: a run's config.yaml (fitted) and its variant's config (as written) describe the same run.
+# With MODEL.ANCHOR_GENERATOR.FIT on, the anchors are an output of the fit: the hash is of the
+# config as written (a run's config.yaml, fitted, and its variant's config hash alike), and the
+# fitted anchors are compared beside it (run_identity).
 FIT_OUTPUTS = ("SIZES", "ASPECT_RATIOS", "FITTED_ON")
 
 
@@ -95,6 +96,14 @@ def fitted_anchors(cfg) -> Optional[dict]:
     if not ag.get("FIT", False):
         return None
     return {"sizes": [[float(x) for x in s] for s in ag.SIZES], "aspect_ratios": [[float(r) for r in a] for a in ag.ASPECT_RATIOS]}
+
+
+def config_record(cfg, opts) -> dict:
+    """The fields by which a summary records its run's config: the hash, the comparable config,
+    the extra options and, with anchors fitted, the anchors (see :func:`run_identity`)."""
+    record = {"config_sha256": config_sha256(cfg), "config": comparable_config(cfg).dump(), "opts": list(opts)}
+    anchors = fitted_anchors(cfg)
+    return record if anchors is None else {**record, "anchors": anchors}
 
 
 def _identity(sha256: str, anchors: Optional[dict]) -> str:
