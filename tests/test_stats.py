@@ -76,6 +76,30 @@ def test_generated_reading_of_hand_made_differences():
     ]
 
 
+def test_seeds_for_a_half_width_by_hand():
+    from focal_rpn.study.stats import seeds_for_half_width
+
+    # std 2, target 1: n = 17 gives t(16) 2.1199 * 2 / sqrt(17) = 1.028; n = 18: t(17) 2.1098 * 2 / sqrt(18) = 0.995
+    assert seeds_for_half_width(2.0, 1.0) == 18
+    # std 1, target 1: n = 7: 2.4469 / sqrt(7) = 0.925; n = 6: 2.5706 / sqrt(6) = 1.049
+    assert seeds_for_half_width(1.0, 1.0) == 7
+    assert seeds_for_half_width(float("nan"), 1.0) is None and seeds_for_half_width(1e6, 1.0) is None
+
+
+def test_power_line_of_the_reading():
+    from focal_rpn.study.summaries import power
+
+    ref = {0: 50.0, 1: 50.0, 2: 50.0}
+    diffs = {
+        "a": {"bbox/AP": paired_difference({0: 51.0, 1: 53.0, 2: 55.0}, ref)},  # +1, +3, +5: s = 2
+        "b": {"bbox/AP": paired_difference({0: 50.0, 1: 52.0}, ref)},  # 2 pairs: left out
+    }
+    # a: half-width 4.302653 * 2 / sqrt(3) = 4.968; 18 seeds for ±1 at s = 2 (above)
+    assert power(diffs) == ["- power: paired ΔAP half-widths median ±4.97 (1 comparison of 3 pairs); "
+                            "at their median paired SD (2.00) ±1 would take about 18 seeds"]
+    assert power({"b": diffs["b"]}) == []
+
+
 def test_per_class_ap_and_its_paired_difference_in_the_report():
     """Datasets of several classes: each class's AP and its paired Δ to the reference, by hand
     (x is a's AP + 1 at every seed: Δ 1.00 exactly; b's APs are the reference's: Δ 0, unresolved)."""

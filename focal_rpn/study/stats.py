@@ -2,7 +2,7 @@
 of a paired difference (no SciPy needed; the t quantile is exact for integer degrees of freedom)."""
 import math
 import statistics
-from typing import Dict, NamedTuple, Sequence
+from typing import Dict, NamedTuple, Optional, Sequence
 
 
 def _t_two_sided_mass(t: float, df: int) -> float:
@@ -82,3 +82,15 @@ def verdict(diff: Interval) -> str:
     if diff.n >= 2 and diff.high < 0:
         return "worse"
     return "not resolved"
+
+
+def seeds_for_half_width(std: float, target: float, confidence: float = 0.95, most: int = 1000) -> Optional[int]:
+    """The fewest seeds n >= 2 whose t interval of the mean, at the sample standard deviation
+    ``std`` seen so far, has a half-width <= ``target``: t(confidence, n - 1) · std / √n <= target
+    (e.g. std 2, target 1 -> 18). None when even ``most`` seeds would not do, or std is NaN."""
+    if math.isnan(std) or target <= 0:
+        return None
+    for n in range(2, most + 1):
+        if t_quantile(confidence, n - 1) * std / math.sqrt(n) <= target:
+            return n
+    return None

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional
 
 import yaml
 
-from .stats import Interval, mean_ci, paired_difference, verdict
+from .stats import Interval, mean_ci, paired_difference, seeds_for_half_width, verdict
 
 METRICS = ["bbox/AP", "bbox/AP50", "bbox/AP75", "deeppcb/mAP", "deeppcb/F"]
 PROPOSAL_METRICS = ["box_proposals/AR@100", "box_proposals/AR@1000"]
@@ -414,7 +414,24 @@ def reading(diffs: Dict[str, Dict[str, Interval]], reference: str, headline: str
         else:
             lines.append(f"- not resolved: `{v}` on {_short(headline)}, {d.mean:+.2f}, within "
                          f"±{d.half_width:.2f} ({d.n} pairs)")
-    return lines
+    return lines + power(diffs, confidence=confidence)
+
+
+def power(diffs: Dict[str, Dict[str, Interval]], metric: str = "bbox/AP", target: float = 1.0,
+          confidence: float = 0.95) -> List[str]:
+    """A markdown line on the suite's power for ``metric``: the median half-width of the paired
+    differences with at least 3 pairs (2 give a standard deviation of one degree of freedom), and
+    how many seeds the median paired standard deviation needs for a half-width of ``target``."""
+    ds = [row[metric] for row in diffs.values() if metric in row and row[metric].n >= 3]
+    if not ds:
+        return []
+    sd = statistics.median(d.std for d in ds)
+    need = seeds_for_half_width(sd, target, confidence)
+    lo, hi = min(d.n for d in ds), max(d.n for d in ds)
+    return [f"- power: paired Δ{_short(metric)} half-widths median ±{statistics.median(d.half_width for d in ds):.2f} "
+            f"({len(ds)} comparison{'s' * (len(ds) > 1)} of {lo if lo == hi else f'{lo}-{hi}'} pairs); "
+            f"at their median paired SD ({sd:.2f}) ±{target:g} would take "
+            + (f"about {need} seeds" if need else "more than 1000 seeds")]
 
 
 def report_markdown(groups: Summaries, variants: List[str], reference: str, title: str) -> str:
