@@ -90,7 +90,9 @@ def seeds_for_half_width(std: float, target: float, confidence: float = 0.95, mo
     (e.g. std 2, target 1 -> 18). None when even ``most`` seeds would not do, or std is NaN."""
     if math.isnan(std) or target <= 0:
         return None
-    for n in range(2, most + 1):
+    z = statistics.NormalDist().inv_cdf((1 + confidence) / 2)
+    start = max(2, math.floor((z * std / target) ** 2))  # t > z for every df: no fewer seeds than this
+    for n in range(start, most + 1):
         if t_quantile(confidence, n - 1) * std / math.sqrt(n) <= target:
             return n
     return None
