@@ -98,6 +98,9 @@ def test_power_line_of_the_reading():
     assert power(diffs) == ["- power: paired ΔAP half-widths median ±4.97 (1 comparison of 3 pairs); "
                             "at their median paired SD (2.00) ±1 would take about 18 seeds"]
     assert power({"b": diffs["b"]}) == []
+    # a paired SD of 20: (1.96 * 20)^2 > 1000 seeds
+    wide = {"w": {"bbox/AP": paired_difference({0: 70.0, 1: 50.0, 2: 30.0}, ref)}}
+    assert power(wide)[0].endswith("at their median paired SD (20.00) ±1 would take more than 1000 seeds")
 
 
 def test_per_class_ap_and_its_paired_difference_in_the_report():

@@ -28,8 +28,9 @@ def resumed_anchors(cfg, resume: bool):
     run = load_config(saved, check_datasets=[], fit_anchors=False).MODEL.ANCHOR_GENERATOR
     if tuple(run.FITTED_ON) != tuple(cfg.DATASETS.TRAIN):
         return cfg, ""
-    return with_anchors(cfg, run.SIZES, run.ASPECT_RATIOS, run.FITTED_ON), (f"resuming {cfg.OUTPUT_DIR}: the anchors it fitted to {', '.join(run.FITTED_ON)} (sizes "
-                 f"{run.SIZES}, aspect ratios {run.ASPECT_RATIOS}), not fitted again")
+    line = (f"resuming {cfg.OUTPUT_DIR}: the anchors it fitted to {', '.join(run.FITTED_ON)} (sizes "
+            f"{run.SIZES}, aspect ratios {run.ASPECT_RATIOS}), not fitted again")
+    return with_anchors(cfg, run.SIZES, run.ASPECT_RATIOS, run.FITTED_ON), line
 
 
 def setup(args):

@@ -129,7 +129,6 @@ def run_config(variant: Variant, seed: int, opts: List[str]):
     MODEL.ANCHOR_GENERATOR.FIT, with the anchors its training process will fit (the fit does not
     depend on the seed: it is made once per config)."""
     from ..config import load_config
-
     from ..modeling.anchor_fit import with_anchors
 
     cfg = load_config(os.path.join(ROOT, variant.config), variant.opts + list(opts) + ["SEED", str(seed)],

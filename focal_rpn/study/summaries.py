@@ -418,20 +418,21 @@ def reading(diffs: Dict[str, Dict[str, Interval]], reference: str, headline: str
 
 
 def power(diffs: Dict[str, Dict[str, Interval]], metric: str = "bbox/AP", target: float = 1.0,
-          confidence: float = 0.95) -> List[str]:
+          confidence: float = 0.95, most: int = 1000) -> List[str]:
     """A markdown line on the suite's power for ``metric``: the median half-width of the paired
     differences with at least 3 pairs (2 give a standard deviation of one degree of freedom), and
-    how many seeds the median paired standard deviation needs for a half-width of ``target``."""
+    how many seeds (up to ``most``) the median paired standard deviation needs for a half-width of
+    ``target``."""
     ds = [row[metric] for row in diffs.values() if metric in row and row[metric].n >= 3]
     if not ds:
         return []
     sd = statistics.median(d.std for d in ds)
-    need = seeds_for_half_width(sd, target, confidence)
+    need = seeds_for_half_width(sd, target, confidence, most)
     lo, hi = min(d.n for d in ds), max(d.n for d in ds)
     return [f"- power: paired Δ{_short(metric)} half-widths median ±{statistics.median(d.half_width for d in ds):.2f} "
             f"({len(ds)} comparison{'s' * (len(ds) > 1)} of {lo if lo == hi else f'{lo}-{hi}'} pairs); "
             f"at their median paired SD ({sd:.2f}) ±{target:g} would take "
-            + (f"about {need} seeds" if need else "more than 1000 seeds")]
+            + (f"about {need} seeds" if need else f"more than {most} seeds")]
 
 
 def report_markdown(groups: Summaries, variants: List[str], reference: str, title: str) -> str:
