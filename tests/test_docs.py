@@ -62,3 +62,22 @@ def test_results_pages_are_what_the_tool_writes(dataset, tmp_path):
         assert (tmp_path / "docs" / "results" / f"{dataset}.md").read_text() == f.read()
     with open(os.path.join(ROOT, "README.md")) as f:
         assert (tmp_path / "README.md").read_text() == f.read()
+
+
+def test_an_error_while_building_a_page_leaves_it_as_it_was(tmp_path, monkeypatch):
+    """The page's hand-written text survives a failing build: nothing is written until the
+    generated block exists."""
+    from focal_rpn.tools import results_page
+
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    page = tmp_path / "docs" / "results" / "trees.md"
+    page.write_text("# Results on trees\n\nhand-written reading\n")
+    (tmp_path / "README.md").write_text("readme\n")
+
+    def broken(root, dataset):
+        raise RuntimeError("a summary the page cannot read")
+
+    monkeypatch.setattr(results_page, "page", broken)
+    with pytest.raises(RuntimeError, match="cannot read"):
+        results_page.main(["--dataset", "trees", "--root", str(tmp_path)])
+    assert page.read_text() == "# Results on trees\n\nhand-written reading\n"

@@ -124,6 +124,10 @@ def test_per_class_ap_and_its_paired_difference_in_the_report():
     assert "AP50 per class (AP at IoU 0.5)" in md and "| x | 2.00 ± 0.00 better | 0.00 ± 0.00 |" in md
     one_class = [run(v, s, {"bbox/AP-tree": 1.0 + s}) for v in ("ref", "x") for s in range(2)]
     assert "AP per class" not in tabulate(one_class, ["ref", "x"], "ref", "t")
+    # a recipe's seeds alone (one variant): its means per class, no paired tables and no reading
+    alone = tabulate([r for r in runs if r["variant"] == "ref"], ["ref", "x"], "ref", "t")
+    assert "| ref | 5.10 ± 0.25 | 7.50 ± 1.24 |" in alone and "AP per class (COCO's AP at IoU 0.5:0.95), mean ± 95% CI." in alone
+    assert "Paired" not in alone and "Δ" not in alone and "Reading" not in alone
 
 
 def test_sweep_points_and_slope_against_numpy_least_squares():

@@ -338,21 +338,22 @@ def tabulate(summaries: List[dict], variants: List[str], reference: str, title: 
         cells = [_fmt(mean_ci([r["metrics"].get(m, math.nan) for r in runs])) for m in metrics]
         cells += [_fmt(mean_ci([r["s_per_iter"] for r in runs])), _fmt(mean_ci([r["peak_rss_mb"] for r in runs]), 0)]
         lines.append(f"| {v} | {len(runs)} | " + " | ".join(cells) + " |")
-    lines += ["", f"Paired difference to `{reference}` (same seeds), mean ± 95% CI half-width; "
-              "verdict `better`/`worse` when the interval excludes 0.", "",
-              "| variant | pairs | " + " | ".join(f"Δ{m} | verdict" for m in short) + " |",
-              "|---|---|" + "---|---|" * len(metrics)]
+    others = [v for v in present if v != reference]
+    if others:  # a suite of one variant (a recipe's seeds) has nothing to pair
+        lines += ["", f"Paired difference to `{reference}` (same seeds), mean ± 95% CI half-width; "
+                  "verdict `better`/`worse` when the interval excludes 0.", "",
+                  "| variant | pairs | " + " | ".join(f"Δ{m} | verdict" for m in short) + " |",
+                  "|---|---|" + "---|---|" * len(metrics)]
     ref = by.get(reference, {})
     diffs: Dict[str, Dict[str, Interval]] = {}
-    for v in present:
-        if v == reference:
-            continue
+    for v in others:
         diffs[v] = {m: paired_difference({k: r["metrics"].get(m, math.nan) for k, r in by[v].items()},
                                          {k: r["metrics"].get(m, math.nan) for k, r in ref.items()})
                     for m in metrics}
         cells = [c for m in metrics for c in (_fmt(diffs[v][m]), verdict(diffs[v][m]))]
         lines.append(f"| {v} | {len(set(by[v]) & set(ref))} | " + " | ".join(cells) + " |")
-    lines += [""] + reading(diffs, reference)
+    if others:
+        lines += [""] + reading(diffs, reference)
     lines += per_class_table(by, present, reference) + per_class_table(by, present, reference, "AP50")
     return "\n".join(lines) + "\n"
 
@@ -360,8 +361,9 @@ def tabulate(summaries: List[dict], variants: List[str], reference: str, title: 
 def per_class_table(by: Dict[str, Dict[int, dict]], present: List[str], reference: str,
                     metric: str = "AP") -> List[str]:
     """Markdown lines for datasets of more than one class: each variant's COCO ``metric`` ("AP" or
-    "AP50") per class (``bbox/<metric>-<class>``), mean ± 95% CI, and below the reference's
-    row-pair the paired Δ per class with its verdict; none for one class or without the metric."""
+    "AP50") per class (``bbox/<metric>-<class>``), mean ± 95% CI, and below it each other
+    variant's paired Δ to ``reference`` per class with its verdict; none for one class or without
+    the metric."""
     prefix = f"bbox/{metric}-"
     classes = sorted({m[len(prefix):] for runs in by.values() for r in runs.values() for m in r["metrics"]
                       if m.startswith(prefix)})
@@ -369,17 +371,19 @@ def per_class_table(by: Dict[str, Dict[int, dict]], present: List[str], referenc
         return []
     keys = [f"{prefix}{c}" for c in classes]
     what = "COCO's AP at IoU 0.5:0.95" if metric == "AP" else "AP at IoU 0.5"
-    lines = ["", f"{metric} per class ({what}), mean ± 95% CI; below it the paired Δ to "
-             f"`{reference}` per class, with `better`/`worse` where the interval excludes 0.", "",
+    others = [v for v in present if v != reference]
+    paired = (f"; below it the paired Δ to `{reference}` per class, with `better`/`worse` where the "
+              "interval excludes 0." if others else ".")
+    lines = ["", f"{metric} per class ({what}), mean ± 95% CI{paired}", "",
              "| variant | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
     for v in present:
         lines.append(f"| {v} | " + " | ".join(_fmt(mean_ci([r["metrics"].get(k, math.nan) for r in by[v].values()]))
                                                for k in keys) + " |")
+    if not others:
+        return lines
     ref = by.get(reference, {})
     lines += ["", "| Δ to " + f"`{reference}` | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
-    for v in present:
-        if v == reference:
-            continue
+    for v in others:
         cells = []
         for k in keys:
             d = paired_difference({s: r["metrics"].get(k, math.nan) for s, r in by[v].items()},

@@ -80,6 +80,8 @@ def suite_lines(root: str, dataset: str, link: str = "") -> List[str]:
             md = results.tabulate(summaries, [v.name for v in ablate.suite_variants(suite, dataset)],
                                   ablate.REFERENCES[suite], "")
             m = re.search(r"Reading \(generated\): (\d+) of (\d+)", md)
+            if m is None:  # one variant (a recipe's seeds alone): nothing compared; its row is the recipe's
+                continue
             found: Dict[str, List[str]] = {}
             for ln in md.splitlines():
                 r = re.match(r"- resolved: `(\S+)` (better|worse) than `\S+` on (\S+), (\S+ ± \S+)", ln)
@@ -124,8 +126,9 @@ def write(root: str, dataset: str) -> List[str]:
     path = os.path.join(root, "docs", "results", f"{dataset}.md")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     old = open(path).read() if os.path.isfile(path) else f"# Results on {dataset}\n"
-    with open(path, "w") as f:
-        f.write(replace_block(old, BEGIN, END, page(root, dataset)))
+    new = replace_block(old, BEGIN, END, page(root, dataset))  # built before the file is opened: an
+    with open(path, "w") as f:  # error while building leaves the page (and its hand-written text) as it was
+        f.write(new)
     readme = os.path.join(root, "README.md")
     begin, end = f"<!-- results:{dataset}:begin -->", f"<!-- results:{dataset}:end -->"
     with open(readme) as f:
