@@ -73,3 +73,54 @@ def test_a_study_runs_from_another_folder(installed, tmp_path):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert (tmp_path / "results" / "synthetic" / "retinanet" / "gamma_2" / "seed0.json").is_file()
     assert (tmp_path / "results" / "synthetic" / "retinanet" / "results.md").is_file()
+
+
+def _package_imports():
+    """{module: the focal_rpn modules it imports}, read from the sources (ast): ``from .x import y``
+    counts as importing ``x.y`` when that is a module, else ``x``."""
+    import ast
+
+    pkg = os.path.join(ROOT, "focal_rpn")
+    paths = {}
+    for folder, _, files in os.walk(pkg):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+                paths[module[:-len(".__init__")] if module.endswith(".__init__") else module] = path
+    graph = {}
+    for module, path in paths.items():
+        here = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+        found = set()
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                parts = here.split(".")[:len(here.split(".")) - node.level + 1] if node.level else []
+                base = ".".join(parts + ([node.module] if node.module else []))
+                found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in paths else base for a in node.names}
+        graph[module] = {m for m in found if m in paths and m != module}
+    return graph
+
+
+def test_no_import_cycle_and_the_library_never_imports_the_tools():
+    graph = _package_imports()
+    assert "focal_rpn.tools.ablate" in graph and "focal_rpn.study.runner" in graph["focal_rpn.tools.ablate"]
+    upward = [(a, b) for a, deps in graph.items() for b in deps
+              if b.startswith("focal_rpn.tools") and not a.startswith("focal_rpn.tools")]
+    assert not upward, f"the library imports the tools: {upward}"
+    state = {}
+
+    def visit(module, path):
+        state[module] = "open"
+        for dep in sorted(graph[module]):
+            assert state.get(dep) != "open", f"import cycle: {' -> '.join(path[path.index(dep):] + [dep])}"
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
