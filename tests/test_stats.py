@@ -57,7 +57,7 @@ def test_pairing_resolves_what_unpaired_intervals_cannot():
 
 
 def test_generated_reading_of_hand_made_differences():
-    from focal_rpn.study.summaries import reading
+    from focal_rpn.study.report import reading
 
     ref = {0: 25.0, 1: 25.5, 2: 27.0}
     diffs = {
@@ -87,7 +87,7 @@ def test_seeds_for_a_half_width_by_hand():
 
 
 def test_power_line_of_the_reading():
-    from focal_rpn.study.summaries import power
+    from focal_rpn.study.report import power
 
     ref = {0: 50.0, 1: 50.0, 2: 50.0}
     diffs = {
@@ -106,7 +106,7 @@ def test_power_line_of_the_reading():
 def test_per_class_ap_and_its_paired_difference_in_the_report():
     """Datasets of several classes: each class's AP and its paired Δ to the reference, by hand
     (x is a's AP + 1 at every seed: Δ 1.00 exactly; b's APs are the reference's: Δ 0, unresolved)."""
-    from focal_rpn.study.summaries import tabulate
+    from focal_rpn.study.report import tabulate
 
     def run(v, seed, extra):
         return {"variant": v, "seed": seed, "s_per_iter": 0.1, "peak_rss_mb": 1.0,

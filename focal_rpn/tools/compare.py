@@ -9,14 +9,15 @@ Each folder holds ``seed<K>.json`` summaries (what ``focal_rpn.tools.ablate`` wr
 schedules (``iterations``) is refused, naming the files, since its seeds would not be repeats. The first folder
 is the reference: every other one gets its paired difference to it over the seeds both have
 (same ``SEED`` = same initialisation and data order), with the 95% CI and a verdict, exactly as in
-``ablate --report``'s tables (:func:`focal_rpn.study.summaries.tabulate`).
+``ablate --report``'s tables (:func:`focal_rpn.study.report.tabulate`).
 """
 import argparse
 import os
 import sys
 from typing import List, Optional
 
-from ..study.summaries import load_summary, summary_paths, tabulate
+from ..study.report import tabulate
+from ..study.summaries import load_summary, summary_paths
 
 
 def read_folder(folder: str, name: str) -> List[dict]:

@@ -17,7 +17,7 @@ import os
 import re
 from typing import Dict, List, Tuple
 
-from ..study import summaries as results, suites as ablate
+from ..study import report, summaries as results, suites as ablate
 from ..study.stats import mean_ci
 
 BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
@@ -77,7 +77,7 @@ def suite_lines(root: str, dataset: str, link: str = "") -> List[str]:
         for label, summaries in [("", groups.current)] + [(d, g) for d, g in groups.earlier.items()]:
             if not summaries:
                 continue
-            md = results.tabulate(summaries, [v.name for v in ablate.suite_variants(suite, dataset)],
+            md = report.tabulate(summaries, [v.name for v in ablate.suite_variants(suite, dataset)],
                                   ablate.REFERENCES[suite], "")
             m = re.search(r"Reading \(generated\): (\d+) of (\d+)", md)
             if m is None:  # one variant (a recipe's seeds alone): nothing compared; its row is the recipe's
@@ -107,7 +107,7 @@ def page(root: str, dataset: str) -> str:
     for results_root, suite in suite_folders(root, dataset):
         where = os.path.relpath(os.path.join(results_root, dataset, suite), root)
         groups = read_suite(results_root, dataset, suite)
-        md = results.report_markdown(groups, [v.name for v in ablate.suite_variants(suite, dataset)],
+        md = report.report_markdown(groups, [v.name for v in ablate.suite_variants(suite, dataset)],
                                      ablate.REFERENCES[suite], f"{suite} suite on {dataset}")
         parts += [f"## `{where}`", "", md.replace("### ", "#### "), f"![{suite} on {dataset}](../../{where}/results.png)", ""]
     return "\n".join(parts + [END]) + "\n"
