@@ -95,6 +95,15 @@ def test_runs_with_opts_never_write_the_shipped_configs_summaries(tmp_path, monk
     assert args.results == suites.default_results()
 
 
+@pytest.mark.parametrize("opts, why", [(["SOLVER.NOPE", "1"], "Non-existent key: SOLVER.NOPE"),
+                                       (["SOLVER.BASE_LR", "10000"], "Type mismatch")])
+def test_bad_opts_are_one_line_before_any_run(opts, why, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ablate.parse_args(["--suite", "retinanet", "--dataset", "synthetic", "--out", str(tmp_path), "--opts", *opts])
+    err = capsys.readouterr().err
+    assert f"--opts {' '.join(opts)}: " in err and why in err and "Traceback" not in err
+
+
 def test_a_failed_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys, monkeypatch):
     """A diverging run leaves a summary marked failed (cause, iteration, log), the report lists it
     apart, only --retry-failed runs it again, and the runs after it in the call still train."""

@@ -74,6 +74,11 @@ def parse_args(argv=None):
         if unknown:
             ap.error(f"unknown variants {sorted(unknown)}; choose from {[v.name for v in variants]}")
         variants = [v for v in variants if v.name in args.variants]
+    if args.opts:  # a key that does not exist or a value of another type: one line now, not a traceback
+        try:
+            run_config(variants[0], 0, args.opts)
+        except (AssertionError, KeyError, ValueError) as e:
+            ap.error(f"--opts {' '.join(args.opts)}: {e}")
     return args, all_variants, variants
 
 
