@@ -79,6 +79,7 @@ def _package_imports():
     """{module: the focal_rpn modules it imports}, read from the sources (ast): ``from .x import y``
     counts as importing ``x.y`` when that is a module, else ``x``."""
     import ast
+    from importlib.util import resolve_name
 
     pkg = os.path.join(ROOT, "focal_rpn")
     paths = {}
@@ -90,7 +91,7 @@ def _package_imports():
                 paths[module[:-len(".__init__")] if module.endswith(".__init__") else module] = path
     graph = {}
     for module, path in paths.items():
-        here = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+        package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
         found = set()
         with open(path) as f:
             tree = ast.parse(f.read())
@@ -98,8 +99,7 @@ def _package_imports():
             if isinstance(node, ast.Import):
                 found |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom):
-                parts = here.split(".")[:len(here.split(".")) - node.level + 1] if node.level else []
-                base = ".".join(parts + ([node.module] if node.module else []))
+                base = resolve_name("." * node.level + (node.module or ""), package)
                 found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in paths else base for a in node.names}
         graph[module] = {m for m in found if m in paths and m != module}
     return graph

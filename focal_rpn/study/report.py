@@ -54,15 +54,14 @@ def tabulate(summaries: List[dict], variants: List[str], reference: str, title: 
                   "verdict `better`/`worse` when the interval excludes 0.", "",
                   "| variant | pairs | " + " | ".join(f"Δ{m} | verdict" for m in short) + " |",
                   "|---|---|" + "---|---|" * len(metrics)]
-    ref = by.get(reference, {})
-    diffs: Dict[str, Dict[str, Interval]] = {}
-    for v in others:
-        diffs[v] = {m: paired_difference({k: r["metrics"].get(m, math.nan) for k, r in by[v].items()},
-                                         {k: r["metrics"].get(m, math.nan) for k, r in ref.items()})
-                    for m in metrics}
-        cells = [c for m in metrics for c in (_fmt(diffs[v][m]), verdict(diffs[v][m]))]
-        lines.append(f"| {v} | {len(set(by[v]) & set(ref))} | " + " | ".join(cells) + " |")
-    if others:
+        ref = by.get(reference, {})
+        diffs: Dict[str, Dict[str, Interval]] = {}
+        for v in others:
+            diffs[v] = {m: paired_difference({k: r["metrics"].get(m, math.nan) for k, r in by[v].items()},
+                                             {k: r["metrics"].get(m, math.nan) for k, r in ref.items()})
+                        for m in metrics}
+            cells = [c for m in metrics for c in (_fmt(diffs[v][m]), verdict(diffs[v][m]))]
+            lines.append(f"| {v} | {len(set(by[v]) & set(ref))} | " + " | ".join(cells) + " |")
         lines += [""] + reading(diffs, reference)
     lines += per_class_table(by, present, reference) + per_class_table(by, present, reference, "AP50")
     return "\n".join(lines) + "\n"

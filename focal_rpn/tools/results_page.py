@@ -75,13 +75,11 @@ def suite_lines(root: str, dataset: str, link: str = "") -> List[str]:
         where = os.path.relpath(os.path.join(results_root, dataset, suite), root)
         recipe = "shipped configs" if results_root == os.path.join(root, "results") else "earlier recipe"
         for label, summaries in [("", groups.current)] + [(d, g) for d, g in groups.earlier.items()]:
-            if not summaries:
+            if len({s["variant"] for s in summaries}) < 2:  # nothing compared (a recipe's seeds: its row above)
                 continue
             md = report.tabulate(summaries, [v.name for v in ablate.suite_variants(suite, dataset)],
                                   ablate.REFERENCES[suite], "")
             m = re.search(r"Reading \(generated\): (\d+) of (\d+)", md)
-            if m is None:  # one variant (a recipe's seeds alone): nothing compared; its row is the recipe's
-                continue
             found: Dict[str, List[str]] = {}
             for ln in md.splitlines():
                 r = re.match(r"- resolved: `(\S+)` (better|worse) than `\S+` on (\S+), (\S+ ± \S+)", ln)
@@ -126,8 +124,9 @@ def write(root: str, dataset: str) -> List[str]:
     path = os.path.join(root, "docs", "results", f"{dataset}.md")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     old = open(path).read() if os.path.isfile(path) else f"# Results on {dataset}\n"
-    new = replace_block(old, BEGIN, END, page(root, dataset))  # built before the file is opened: an
-    with open(path, "w") as f:  # error while building leaves the page (and its hand-written text) as it was
+    # built before the file is opened: an error while building leaves the hand-written text as it was
+    new = replace_block(old, BEGIN, END, page(root, dataset))
+    with open(path, "w") as f:
         f.write(new)
     readme = os.path.join(root, "README.md")
     begin, end = f"<!-- results:{dataset}:begin -->", f"<!-- results:{dataset}:end -->"
