@@ -3,12 +3,14 @@
 
     python benchmarks/bench_losses.py            # full table (1.6M x 80 takes a few minutes)
     python benchmarks/bench_losses.py --quick    # 100k x 80 and the softmax shapes only
+    python benchmarks/bench_losses.py --device cuda   # on a GPU (torch.compile through Triton)
 
 Timing: the variants run interleaved (A, B, C, A, B, C, ...) in one process, and each reported
 ratio is the median over repeats of reference time / focal_rpn time measured side by side, so
 that load from other processes affects both alike. Peak memory: each variant in a fresh process;
 the extra resident memory (peak RSS, see peak_rss.py) of one forward+backward above the inputs
-and their preallocated gradient.
+and their preallocated gradient; on a GPU, the peak of CUDA memory allocated above them
+(torch.cuda.max_memory_allocated, exact), with a synchronize closing each timed step.
 """
 import argparse
 import json
@@ -58,24 +60,28 @@ def _eager(fn, *args):
         losses.set_compile(True)
 
 
-def make_inputs(kind, n, k, seed=0):
+def make_inputs(kind, n, k, seed=0, device="cpu"):
     """Logits (n, k) and targets, built in place so that no temporary raises the memory baseline."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, k, generator=g).mul_(3)
     if kind == "sigmoid":
-        return x, torch.rand(n, k, generator=g).lt_(0.01)  # float 0/1 targets, 1% positives
-    return x, torch.randint(0, k, (n,), generator=g)
+        t = torch.rand(n, k, generator=g).lt_(0.01)  # 0/1 targets, 1% positives
+    else:
+        t = torch.randint(0, k, (n,), generator=g)
+    return x.to(device), t.to(device)
 
 
 def step(fn, x, t):
     x = x.detach().requires_grad_()
     fn(x, t).backward()
+    if x.is_cuda:  # the kernels run asynchronously: a step ends when they have
+        torch.cuda.synchronize()
     return x.grad
 
 
-def time_case(kind, n, k, repeats):
+def time_case(kind, n, k, repeats, device="cpu"):
     variants = make_variants(kind)
-    x, t = make_inputs(kind, n, k)
+    x, t = make_inputs(kind, n, k, device=device)
     for fn in variants.values():  # warm-up (compilation, allocator)
         step(fn, x[:4000], t[:4000])
         step(fn, x, t)
@@ -88,9 +94,24 @@ def time_case(kind, n, k, repeats):
     return times
 
 
-def peak_memory(kind, n, k, name):
+def peak_memory(kind, n, k, name, device="cpu"):
     """Extra MB of resident memory for one forward+backward, and the peak MB of live tensors of
-    another one (exact, see peak_rss.py), measured in a fresh process."""
+    another one (exact, see peak_rss.py), measured in a fresh process. On a GPU: (nan, the peak MB
+    of CUDA memory allocated above the inputs and their gradient)."""
+    if device == "cuda":
+        code = (
+            "import sys, json; sys.argv=['x']; "
+            f"sys.path.insert(0, {HERE!r}); "
+            "import bench_losses as b, torch; "
+            f"v=b.make_variants({kind!r})[{name!r}]; x,t=b.make_inputs({kind!r},{n},{k},device='cuda'); "
+            "b.step(v, x[:4000], t[:4000]); "
+            "x=x.detach().requires_grad_(); x.grad=torch.zeros_like(x); torch.cuda.synchronize(); "
+            "base=torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats(); "
+            "v(x,t).backward(); torch.cuda.synchronize(); "
+            "print(json.dumps([float('nan'), (torch.cuda.max_memory_allocated()-base)/2**20]))"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
     code = (
         "import sys, json; sys.argv=['x']; "
         f"sys.path.insert(0, {HERE!r}); "
@@ -111,20 +132,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="skip the 1.6M x 80 case")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = ap.parse_args()
     cases = [("sigmoid", 100_000, 80), ("sigmoid", 1_600_000, 80), ("softmax", 512, 81), ("softmax", 100_000, 2)]
     if args.quick:
         cases = [c for c in cases if c[1] != 1_600_000]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, focal_rpn compile "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, focal_rpn compile "
           f"{'on' if losses._COMPILE else 'off'}; fwd+bwd, median of {args.repeats} interleaved repeats")
     header = (f"{'case':<22}{'variant':<20}{'ms':>9}{'ref/focal_rpn':>15}{'RSS MB':>9}{'RSS ratio':>11}"
-              f"{'tensor MB':>11}{'tensor ratio':>14}")
+              f"{'CUDA MB' if args.device == 'cuda' else 'tensor MB':>11}{'tensor ratio':>14}")
     print(header)
     print("-" * len(header))
     for kind, n, k in cases:
-        times = time_case(kind, n, k, args.repeats)
+        times = time_case(kind, n, k, args.repeats, args.device)
         ours = times["focal_rpn"]
-        mem = {name: peak_memory(kind, n, k, name) for name in times}
+        mem = {name: peak_memory(kind, n, k, name, args.device) for name in times}
         for name, ts in times.items():
             ratio = statistics.median(r / o for r, o in zip(ts, ours))
             rss, live = mem[name]
