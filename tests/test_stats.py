@@ -147,9 +147,11 @@ def test_sweep_points_and_slope_against_numpy_least_squares():
             gain = 0.5 + 2.0 * np.log10(measured[r]) + rng.normal(0, 0.5)
             for loss, ap in (("fl", base + gain), ("ce", base), ("alpha_ce", base + 1.0)):
                 summaries.append({"variant": sweep_name(loss, r), "seed": seed,
-                                  "metrics": {"bbox/AP": ap, "retinanet/loss_neg_pos_ratio": measured[r]}})
+                                  "metrics": {"bbox/AP": ap, "retinanet/loss_neg_pos_ratio": measured[r],
+                                              "retinanet/num_pos_per_image": 30.0 + seed}})
     pts = sweep.points(summaries)
     assert [p.setting for p in pts] == [10, 40, 160, 0] and [p.ratio for p in pts] == [10.0, 39.0, 150.0, 650.0]
+    assert [p.positives for p in pts] == [32.0] * 4  # the upper median of 12 runs' 30-33
     for p in pts:
         d = [p.values["fl"][s] - p.values["ce"][s] for s in range(4)]
         assert p.diffs["fl-ce"].mean == pytest.approx(np.mean(d))
@@ -160,7 +162,7 @@ def test_sweep_points_and_slope_against_numpy_least_squares():
     assert s.mean == pytest.approx(coef[0]) and s.std == pytest.approx(np.sqrt(cov[0, 0]))
     assert s.n == 16 and s.half_width == pytest.approx(2.1448 * np.sqrt(cov[0, 0]), rel=1e-3)  # t(0.975, 14)
     md = sweep.markdown(pts)
-    assert "grows with the ratio" in md and "| all | 650:1 | 4 |" in md and "FL − α-CE" in md
+    assert "grows with the ratio" in md and "| all | 650:1 | 32 | 4 |" in md and "FL − α-CE" in md
 
 
 def test_rpn_sweep_compares_focal_rpn_with_the_one_sampled_run_per_seed():
@@ -178,4 +180,4 @@ def test_rpn_sweep_compares_focal_rpn_with_the_one_sampled_run_per_seed():
     assert [(p.setting, p.ratio) for p in pts] == [(10, 10.0), (0, 700.0)]
     assert [round(p.diffs["focal-sampled"].mean, 6) for p in pts] == [0.1, 2.1]
     md = sweep.markdown(pts, sweep.SPECS["sweep_rpn"])
-    assert "| FocalRPN | sampled RPN | FocalRPN − sampled RPN |" in md and "| all | 700:1 | 3 |" in md
+    assert "| FocalRPN | sampled RPN | FocalRPN − sampled RPN |" in md and "| all | 700:1 | - | 3 |" in md

@@ -25,27 +25,35 @@ class Spec(NamedTuple):
     # Logged ratios, first found wins: runs summarised before the loss's own ratio was logged
     # have only the labelled anchors' ratio, the same thing when every negative is in the loss.
     ratio_keys: Tuple[str, ...]
+    pos_key: str  # the logged positive anchors per image: the same at every point (the labels stay)
 
 
 SPECS = {
     "sweep": Spec({loss: (lambda r, loss=loss: sweep_name(loss, r)) for loss in SWEEP_LOSSES},
                   {"fl": "FL", "ce": "CE", "alpha_ce": "α-CE"}, (("fl", "ce"), ("fl", "alpha_ce")),
-                  tuple(SWEEP_LOSSES), ("retinanet/loss_neg_pos_ratio", "retinanet/neg_pos_ratio")),
+                  tuple(SWEEP_LOSSES), ("retinanet/loss_neg_pos_ratio", "retinanet/neg_pos_ratio"),
+                  "retinanet/num_pos_per_image"),
     "sweep_rpn": Spec({"focal": lambda r: sweep_name("focal", r), "sampled": lambda r: "sampled"},
                       {"focal": "FocalRPN", "sampled": "sampled RPN"}, (("focal", "sampled"),), ("focal",),
-                      ("rpn/neg_pos_ratio",)),
+                      ("rpn/neg_pos_ratio",), "rpn/num_pos_per_image"),
 }
 
 
 class Point(NamedTuple):
     setting: float  # the dial (0: every negative)
     ratio: float  # measured negatives per positive in the loss (median over the point's runs)
+    positives: float  # measured positive anchors per training image (median over the point's runs)
     values: Dict[str, Dict[int, float]]  # role -> seed -> metric
     diffs: Dict[str, Interval]  # "a-b" -> paired difference
 
 
 def _ratio(summary: dict, keys) -> float:
     return next((summary["metrics"][k] for k in keys if k in summary["metrics"]), math.nan)
+
+
+def _median(xs: List[float]) -> float:
+    xs = sorted(x for x in xs if not math.isnan(x))
+    return xs[len(xs) // 2] if xs else math.nan
 
 
 def points(summaries: List[dict], spec: Spec = SPECS["sweep"], metric: str = METRIC) -> List[Point]:
@@ -56,11 +64,12 @@ def points(summaries: List[dict], spec: Spec = SPECS["sweep"], metric: str = MET
                 for role, name in spec.roles.items()}
         if not any(runs[role] for role in spec.ratio_roles):
             continue
-        ratios = sorted(x for role in spec.ratio_roles for s in runs[role].values()
-                        if not math.isnan(x := _ratio(s, spec.ratio_keys)))
+        focal_runs = [s for role in spec.ratio_roles for s in runs[role].values()]
+        ratio = _median([_ratio(s, spec.ratio_keys) for s in focal_runs])
+        positives = _median([_ratio(s, (spec.pos_key,)) for s in focal_runs])
         values = {role: {seed: s["metrics"][metric] for seed, s in by_seed.items()} for role, by_seed in runs.items()}
         diffs = {f"{a}-{b}": paired_difference(values[a], values[b]) for a, b in spec.comparisons}
-        out.append(Point(r, ratios[len(ratios) // 2] if ratios else math.nan, values, diffs))
+        out.append(Point(r, ratio, positives, values, diffs))
     return out
 
 
@@ -100,10 +109,11 @@ def markdown(pts: List[Point], spec: Spec = SPECS["sweep"], metric: str = METRIC
     lines = [f"### Imbalance sweep: {name} against the negatives per positive in the loss", "",
              f"Per point, mean {name} and the paired difference (same seeds) with its 95% CI; `better`/`worse` "
              "when the interval excludes 0. The measured ratio is the median over the point's runs of the "
-             "negatives per positive their loss saw (training crops).", "",
-             "| NEG_POS_RATIO | measured neg:pos | seeds | " + " | ".join(spec.labels[r] for r in roles) + " | "
+             "negatives per positive their loss saw (training crops), beside the positive anchors per "
+             "crop, which the dial leaves alone.", "",
+             "| NEG_POS_RATIO | measured neg:pos | positives / image | seeds | " + " | ".join(spec.labels[r] for r in roles) + " | "
              + " | ".join(label for _, _, label in pairs) + " |",
-             "|---|---|---|" + "---|" * (len(roles) + len(pairs))]
+             "|---|---|---|---|" + "---|" * (len(roles) + len(pairs))]
     for p in pts:
         seeds = min(len(p.values[r]) for r in spec.ratio_roles)
         means = [mean_ci(list(p.values[r].values())).mean if p.values[r] else math.nan for r in roles]
@@ -112,7 +122,8 @@ def markdown(pts: List[Point], spec: Spec = SPECS["sweep"], metric: str = METRIC
             d = p.diffs[f"{a}-{b}"]
             cells.append(f"{_fmt(d)} {verdict(d) if d.n > 1 else ''}".strip())
         ratio = "-" if math.isnan(p.ratio) else f"{p.ratio:.0f}:1"
-        lines.append(f"| {'all' if p.setting == 0 else f'{p.setting:g}'} | {ratio} | {seeds} | "
+        pos = "-" if math.isnan(p.positives) else f"{p.positives:.0f}"
+        lines.append(f"| {'all' if p.setting == 0 else f'{p.setting:g}'} | {ratio} | {pos} | {seeds} | "
                      + " | ".join("-" if math.isnan(m) else f"{m:.1f}" for m in means) + " | " + " | ".join(cells) + " |")
     lines.append("")
     for a, b, label in pairs:
