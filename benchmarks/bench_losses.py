@@ -98,33 +98,28 @@ def peak_memory(kind, n, k, name, device="cpu"):
     """Extra MB of resident memory for one forward+backward, and the peak MB of live tensors of
     another one (exact, see peak_rss.py), measured in a fresh process. On a GPU: (nan, the peak MB
     of CUDA memory allocated above the inputs and their gradient)."""
+    setup = (
+        "import sys, json; sys.argv=['x']; "
+        f"sys.path.insert(0, {HERE!r}); "
+        "import bench_losses as b, torch; "
+        f"v=b.make_variants({kind!r})[{name!r}]; x,t=b.make_inputs({kind!r},{n},{k},device={device!r}); "
+        "b.step(v, x[:4000], t[:4000]); "
+        "x=x.detach().requires_grad_(); x.grad=torch.zeros_like(x); "
+    )
     if device == "cuda":
-        code = (
-            "import sys, json; sys.argv=['x']; "
-            f"sys.path.insert(0, {HERE!r}); "
-            "import bench_losses as b, torch; "
-            f"v=b.make_variants({kind!r})[{name!r}]; x,t=b.make_inputs({kind!r},{n},{k},device='cuda'); "
-            "b.step(v, x[:4000], t[:4000]); "
-            "x=x.detach().requires_grad_(); x.grad=torch.zeros_like(x); torch.cuda.synchronize(); "
-            "base=torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats(); "
+        measure = (
+            "torch.cuda.synchronize(); base=torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats(); "
             "v(x,t).backward(); torch.cuda.synchronize(); "
             "print(json.dumps([float('nan'), (torch.cuda.max_memory_allocated()-base)/2**20]))"
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
-    code = (
-        "import sys, json; sys.argv=['x']; "
-        f"sys.path.insert(0, {HERE!r}); "
-        "import bench_losses as b; "
-        f"v=b.make_variants({kind!r})[{name!r}]; x,t=b.make_inputs({kind!r},{n},{k}); "
-        "b.step(v, x[:4000], t[:4000]); "
-        "import torch, peak_rss; x=x.detach().requires_grad_(); x.grad=torch.zeros_like(x); "
-        "r0=peak_rss.reset_peak(); "
-        "v(x,t).backward(); rss=(peak_rss.peak_kb()-r0)/1024; "
-        "live=peak_rss.tensor_peak_bytes(lambda: v(x,t).backward())/2**20; "
-        "print(json.dumps([rss, live]))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    else:
+        measure = (
+            "import peak_rss; r0=peak_rss.reset_peak(); "
+            "v(x,t).backward(); rss=(peak_rss.peak_kb()-r0)/1024; "
+            "live=peak_rss.tensor_peak_bytes(lambda: v(x,t).backward())/2**20; "
+            "print(json.dumps([rss, live]))"
+        )
+    out = subprocess.run([sys.executable, "-c", setup + measure], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
