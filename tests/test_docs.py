@@ -81,3 +81,28 @@ def test_an_error_while_building_a_page_leaves_it_as_it_was(tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="cannot read"):
         results_page.main(["--dataset", "trees", "--root", str(tmp_path)])
     assert page.read_text() == "# Results on trees\n\nhand-written reading\n"
+
+
+def test_a_sweeps_readme_line_is_its_slopes_and_its_page_shows_its_table(monkeypatch, tmp_path):
+    """The README line of a sweep states FL − CE and FL − α-CE against log10 of the measured ratio
+    (not each variant against the reference), and the page holds the sweep's table and figure."""
+    from focal_rpn.study.suites import SWEEP_RATIOS, sweep_name
+    from focal_rpn.study.summaries import Summaries
+    from focal_rpn.tools import results_page
+
+    runs = [{"variant": sweep_name(loss, r), "seed": seed,
+             "metrics": {"bbox/AP": 50 + seed + (gain * (r or 1000) / 1000 if loss == "fl" else 0.0),
+                         "retinanet/loss_neg_pos_ratio": float(r or 1000)}}
+            for r in SWEEP_RATIOS for seed in range(3) for loss, gain in (("fl", 3.0), ("ce", 0), ("alpha_ce", 0))]
+    root = str(tmp_path)
+    monkeypatch.setattr(results_page, "suite_folders", lambda *_: [(os.path.join(root, "results"), "sweep")])
+    monkeypatch.setattr(results_page, "read_suite", lambda *_: Summaries(runs, {}, []))
+    (line,) = results_page.suite_lines(root, "deeppcb")
+    assert line.startswith("- `sweep` on deeppcb, shipped configs") and "up to 3 seeds" in line
+    assert "slope of FL − CE against log10(neg:pos): +" in line and "slope of FL − α-CE" in line
+    assert "grows with the ratio" in line and "paired comparisons" not in line
+    if os.path.isdir(os.path.join(ROOT, "results", "deeppcb", "sweep")):
+        with open(os.path.join(ROOT, "docs", "results", "deeppcb.md")) as f:
+            text = f.read()
+        assert "#### Imbalance sweep: AP against the negatives per positive" in text
+        assert "(../../results/deeppcb/sweep/sweep.png)" in text

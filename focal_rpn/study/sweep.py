@@ -126,13 +126,20 @@ def markdown(pts: List[Point], spec: Spec = SPECS["sweep"], metric: str = METRIC
         lines.append(f"| {'all' if p.setting == 0 else f'{p.setting:g}'} | {ratio} | {pos} | {seeds} | "
                      + " | ".join("-" if math.isnan(m) else f"{m:.1f}" for m in means) + " | " + " | ".join(cells) + " |")
     lines.append("")
-    for a, b, label in pairs:
+    lines += [f"- {line}" for line in slope_lines(pts, spec, metric)]
+    return "\n".join(lines) + "\n"
+
+
+def slope_lines(pts: List[Point], spec: Spec = SPECS["sweep"], metric: str = METRIC) -> List[str]:
+    """One sentence per comparison: its slope against log10(measured ratio) with CI and verdict."""
+    name, out = metric.split("/")[-1], []
+    for a, b in spec.comparisons:
         s = slope(pts, a, b)
         text = "not enough points" if math.isnan(s.mean) else (
             f"{s.mean:+.2f} ± {s.half_width:.2f} {name} per tenfold ratio ({s.n} paired runs), "
             f"{'grows with the ratio' if s.mean - s.half_width > 0 else 'shrinks with the ratio' if s.mean + s.half_width < 0 else 'no resolved trend'}")
-        lines.append(f"- slope of {label} against log10(neg:pos): {text}")
-    return "\n".join(lines) + "\n"
+        out.append(f"slope of {spec.labels[a]} − {spec.labels[b]} against log10(neg:pos): {text}")
+    return out
 
 
 def plot(pts: List[Point], path: str, title: str, spec: Spec = SPECS["sweep"], metric: str = METRIC) -> None:

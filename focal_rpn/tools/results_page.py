@@ -17,7 +17,7 @@ import os
 import re
 from typing import Dict, List, Tuple
 
-from ..study import report, summaries as results, suites as ablate
+from ..study import report, summaries as results, suites as ablate, sweep
 from ..study.stats import mean_ci
 
 BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
@@ -68,7 +68,8 @@ def recipe_rows(root: str, dataset: str, link: str = "") -> List[str]:
 
 
 def suite_lines(root: str, dataset: str, link: str = "") -> List[str]:
-    """One line per suite and recipe: how many paired comparisons resolved, and which."""
+    """One line per suite and recipe: how many paired comparisons resolved, and which (a sweep: its
+    slopes against the measured ratio)."""
     lines = []
     for results_root, suite in suite_folders(root, dataset):
         groups = read_suite(results_root, dataset, suite)
@@ -76,6 +77,13 @@ def suite_lines(root: str, dataset: str, link: str = "") -> List[str]:
         recipe = "shipped configs" if results_root == os.path.join(root, "results") else "earlier recipe"
         for label, summaries in [("", groups.current)] + [(d, g) for d, g in groups.earlier.items()]:
             if len({s["variant"] for s in summaries}) < 2:  # nothing compared (a recipe's seeds: its row above)
+                continue
+            seeds = max(len({s["seed"] for s in summaries if s["variant"] == v}) for v in {s["variant"] for s in summaries})
+            head = f"- `{suite}` on {dataset}, {recipe}{' (`' + label + '`)' if label and recipe == 'shipped configs' else ''}" \
+                   f" ([`{where}`]({link}{where}), up to {seeds} seeds): "
+            if suite in sweep.SPECS:  # a sweep's finding is its slopes, not each variant against one reference
+                spec = sweep.SPECS[suite]
+                lines.append(head + "; ".join(sweep.slope_lines(sweep.points(summaries, spec), spec)))
                 continue
             md = report.tabulate(summaries, [v.name for v in ablate.suite_variants(suite, dataset)],
                                   ablate.REFERENCES[suite], "")
@@ -85,9 +93,6 @@ def suite_lines(root: str, dataset: str, link: str = "") -> List[str]:
                 r = re.match(r"- resolved: `(\S+)` (better|worse) than `\S+` on (\S+), (\S+ ± \S+)", ln)
                 if r:
                     found.setdefault(f"`{r.group(1)}` {r.group(2)}", []).append(f"{r.group(3)} {r.group(4)}")
-            seeds = max(len({s["seed"] for s in summaries if s["variant"] == v}) for v in {s["variant"] for s in summaries})
-            head = f"- `{suite}` on {dataset}, {recipe}{' (`' + label + '`)' if label and recipe == 'shipped configs' else ''}" \
-                   f" ([`{where}`]({link}{where}), up to {seeds} seeds): "
             if m.group(2) == "0":
                 lines.append(head + "no comparison with two or more paired seeds yet")
                 continue
@@ -108,6 +113,10 @@ def page(root: str, dataset: str) -> str:
         md = report.report_markdown(groups, [v.name for v in ablate.suite_variants(suite, dataset)],
                                      ablate.REFERENCES[suite], f"{suite} suite on {dataset}")
         parts += [f"## `{where}`", "", md.replace("### ", "#### "), f"![{suite} on {dataset}](../../{where}/results.png)", ""]
+        pts = sweep.points(groups.current, sweep.SPECS[suite]) if suite in sweep.SPECS else []
+        if pts:  # the sweep's own table and figure (sweep.png, written by ablate --report)
+            parts += [sweep.markdown(pts, sweep.SPECS[suite]).replace("### ", "#### "),
+                      f"![imbalance sweep ({suite}) on {dataset}](../../{where}/sweep.png)", ""]
     return "\n".join(parts + [END]) + "\n"
 
 
