@@ -14,7 +14,6 @@ each; the evaluation's compile cost (another input shape) is measured too and ad
 import argparse
 import statistics
 import sys
-import time
 
 import torch
 

@@ -3,7 +3,6 @@ pairwise_iou, the fit against boxes drawn from known anchors, and the config rou
 import numpy as np
 import pytest
 import torch
-from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.structures import Boxes, pairwise_iou
 

@@ -48,7 +48,6 @@ def _random_case(seed=0):
     """20 images of 0-5 boxes of 3 classes, jittered detections (some of the wrong class) and
     background ones: (gts, dets, COCO images, annotations, results)."""
     rng = np.random.default_rng(seed)
-    classes = CLASSES
     gts, dets, images, anns, results = {}, {}, [], [], []
     for img in range(1, 21):
         images.append({"id": img, "width": 200, "height": 200})

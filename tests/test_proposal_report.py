@@ -1,7 +1,6 @@
 """proposal_report: its AP50 against pycocotools' COCOeval, and a run folder read end to end."""
 import contextlib
 import io
-import os
 
 import numpy as np
 import pytest
