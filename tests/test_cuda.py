@@ -65,15 +65,15 @@ def test_sigmoid_focal_loss_on_cuda_matches_torchvision_in_float64(alpha, gamma,
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-7)
 
 
-def test_integer_targets_on_cuda_equal_one_hot():
+def test_integer_targets_on_cuda_match_torchvision_on_one_hot_in_float64():
     x, _ = _logits_and_targets(4096, 6, seed=1)
     labels = torch.randint(0, 7, (4096,), generator=torch.Generator().manual_seed(2))  # 6: all negative
-    one_hot = torch.nn.functional.one_hot(labels, 7)[:, :6].float()
-    xc = x.float().cuda()
-    a, ga = _value_and_grad(lambda v: losses.sigmoid_focal_loss(v, labels.cuda(), 0.25, 2.0, "sum"), xc)
-    b, gb = _value_and_grad(lambda v: losses.sigmoid_focal_loss(v, one_hot.cuda(), 0.25, 2.0, "sum"), xc)
-    torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
-    torch.testing.assert_close(ga, gb, rtol=1e-6, atol=1e-9)
+    one_hot = torch.nn.functional.one_hot(labels, 7)[:, :6].double()
+    ref, g_ref = _value_and_grad(lambda v: torchvision.ops.sigmoid_focal_loss(v, one_hot, 0.25, 2.0, "sum"), x)
+    ours, g_ours = _value_and_grad(lambda v: losses.sigmoid_focal_loss(v, labels.cuda(), 0.25, 2.0, "sum"),
+                                   x.float().cuda())
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-7)
 
 
 def test_focal_loss_star_on_cuda_matches_its_formula_in_float64():

@@ -9,6 +9,7 @@ median of their logged ratio); then the slope of each difference against log10 o
 """
 import math
 import os
+import statistics
 from typing import Callable, Dict, List, NamedTuple, Tuple
 
 from .stats import Interval, mean_ci, paired_difference, t_quantile, verdict
@@ -47,13 +48,15 @@ class Point(NamedTuple):
     diffs: Dict[str, Interval]  # "a-b" -> paired difference
 
 
-def _ratio(summary: dict, keys) -> float:
+def _logged(summary: dict, keys) -> float:
+    """The first of ``keys`` a run's summary holds (its logged median), else NaN."""
     return next((summary["metrics"][k] for k in keys if k in summary["metrics"]), math.nan)
 
 
 def _median(xs: List[float]) -> float:
-    xs = sorted(x for x in xs if not math.isnan(x))
-    return xs[len(xs) // 2] if xs else math.nan
+    """The upper median of the values that are not NaN (one of the runs' own values); NaN if none."""
+    xs = [x for x in xs if not math.isnan(x)]
+    return statistics.median_high(xs) if xs else math.nan
 
 
 def points(summaries: List[dict], spec: Spec = SPECS["sweep"], metric: str = METRIC) -> List[Point]:
@@ -65,8 +68,8 @@ def points(summaries: List[dict], spec: Spec = SPECS["sweep"], metric: str = MET
         if not any(runs[role] for role in spec.ratio_roles):
             continue
         focal_runs = [s for role in spec.ratio_roles for s in runs[role].values()]
-        ratio = _median([_ratio(s, spec.ratio_keys) for s in focal_runs])
-        positives = _median([_ratio(s, (spec.pos_key,)) for s in focal_runs])
+        ratio = _median([_logged(s, spec.ratio_keys) for s in focal_runs])
+        positives = _median([_logged(s, (spec.pos_key,)) for s in focal_runs])
         values = {role: {seed: s["metrics"][metric] for seed, s in by_seed.items()} for role, by_seed in runs.items()}
         diffs = {f"{a}-{b}": paired_difference(values[a], values[b]) for a, b in spec.comparisons}
         out.append(Point(r, ratio, positives, values, diffs))
