@@ -97,7 +97,7 @@ def time_case(kind, n, k, repeats, device="cpu"):
 def peak_memory(kind, n, k, name, device="cpu"):
     """Extra MB of resident memory for one forward+backward, and the peak MB of live tensors of
     another one (exact, see peak_rss.py), measured in a fresh process. On a GPU: (nan, the peak MB
-    of CUDA memory allocated above the inputs and their gradient)."""
+    of CUDA memory allocated above the inputs and their gradient; main() leaves the RSS out)."""
     setup = (
         "import sys, json; sys.argv=['x']; "
         f"sys.path.insert(0, {HERE!r}); "
@@ -135,8 +135,10 @@ def main():
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}, focal_rpn compile "
           f"{'on' if losses._COMPILE else 'off'}; fwd+bwd, median of {args.repeats} interleaved repeats")
-    header = (f"{'case':<22}{'variant':<20}{'ms':>9}{'ref/focal_rpn':>15}{'RSS MB':>9}{'RSS ratio':>11}"
-              f"{'CUDA MB' if args.device == 'cuda' else 'tensor MB':>11}{'tensor ratio':>14}")
+    host = args.device == "cpu"  # on a GPU the host's resident memory says nothing about the loss
+    header = (f"{'case':<22}{'variant':<20}{'ms':>9}{'ref/focal_rpn':>15}"
+              + (f"{'RSS MB':>9}{'RSS ratio':>11}{'tensor MB':>11}" if host else f"{'CUDA MB':>11}")
+              + f"{'tensor ratio':>14}")
     print(header)
     print("-" * len(header))
     for kind, n, k in cases:
@@ -147,8 +149,9 @@ def main():
             ratio = statistics.median(r / o for r, o in zip(ts, ours))
             rss, live = mem[name]
             rss_ratio = rss / mem["focal_rpn"][0] if mem["focal_rpn"][0] > 0 else float("nan")
-            print(f"{kind + f' {n}x{k}':<22}{name:<20}{statistics.median(ts) * 1e3:>9.2f}"
-                  f"{ratio:>14.2f}x{rss:>9.1f}{rss_ratio:>10.2f}x{live:>11.2f}{live / mem['focal_rpn'][1]:>13.2f}x")
+            print(f"{kind + f' {n}x{k}':<22}{name:<20}{statistics.median(ts) * 1e3:>9.2f}{ratio:>14.2f}x"
+                  + (f"{rss:>9.1f}{rss_ratio:>10.2f}x" if host else "")
+                  + f"{live:>11.2f}{live / mem['focal_rpn'][1]:>13.2f}x")
         print()
 
 

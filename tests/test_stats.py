@@ -116,17 +116,23 @@ def test_per_class_ap_and_its_paired_difference_in_the_report():
             for s in range(3)]
     md = tabulate(runs, ["ref", "x"], "ref", "t")
     # mean of 5.0, 5.1, 5.2 with t(0.975, 2) = 4.303 x sd 0.1 / sqrt(3) = 0.248
-    assert "| ref | 5.10 ± 0.25 | 7.50 ± 1.24 |" in md and "| x | 1.00 ± 0.00 better | 0.00 ± 0.00 |" in md
+    assert "| ref | 3 | 5.10 ± 0.25 | 7.50 ± 1.24 |" in md and "| x | 3 | 1.00 ± 0.00 better | 0.00 ± 0.00 |" in md
     assert "AP50 per class" not in md  # summaries made before AP50-<class> existed: no such table
     with_ap50 = [run(v, s, {"bbox/AP-a": 5.0, "bbox/AP-b": 7.0, "bbox/AP50-a": 50 + 2 * d, "bbox/AP50-b": 70.0 + s})
                  for v, d in (("ref", 0), ("x", 1)) for s in range(3)]
     md = tabulate(with_ap50, ["ref", "x"], "ref", "t")
-    assert "AP50 per class (AP at IoU 0.5)" in md and "| x | 2.00 ± 0.00 better | 0.00 ± 0.00 |" in md
+    assert "AP50 per class (AP at IoU 0.5)" in md and "| x | 3 | 2.00 ± 0.00 better | 0.00 ± 0.00 |" in md
+    # seeds whose summaries predate a metric are counted apart: x's seed 0 and ref's seed 2 lack AP50-*
+    # (x: 71, 72 over seeds 1, 2 -> 71.50 ± 6.35 with t(0.975, 1) = 12.706 x 0.707 / sqrt(2)); one pair left (seed 1)
+    older = [{**r, "metrics": {k: v for k, v in r["metrics"].items() if "AP50-" not in k}}
+             if (r["variant"], r["seed"]) in (("x", 0), ("ref", 2)) else r for r in with_ap50]
+    md = tabulate(older, ["ref", "x"], "ref", "t")
+    assert "| x | 2 of 3 | 52.00 ± 0.00 | 71.50 ± 6.35 |" in md and "| x | 1 of 3 | 2.00 | 0.00 |" in md
     one_class = [run(v, s, {"bbox/AP-tree": 1.0 + s}) for v in ("ref", "x") for s in range(2)]
     assert "AP per class" not in tabulate(one_class, ["ref", "x"], "ref", "t")
     # a recipe's seeds alone (one variant): its means per class, no paired tables and no reading
     alone = tabulate([r for r in runs if r["variant"] == "ref"], ["ref", "x"], "ref", "t")
-    assert "| ref | 5.10 ± 0.25 | 7.50 ± 1.24 |" in alone and "AP per class (COCO's AP at IoU 0.5:0.95), mean ± 95% CI." in alone
+    assert "| ref | 3 | 5.10 ± 0.25 | 7.50 ± 1.24 |" in alone and "AP per class (COCO's AP at IoU 0.5:0.95), mean ± 95% CI." in alone
     assert "Paired" not in alone and "Δ" not in alone and "Reading" not in alone
 
 
@@ -163,6 +169,14 @@ def test_sweep_points_and_slope_against_numpy_least_squares():
     assert s.n == 16 and s.half_width == pytest.approx(2.1448 * np.sqrt(cov[0, 0]), rel=1e-3)  # t(0.975, 14)
     md = sweep.markdown(pts)
     assert "grows with the ratio" in md and "| all | 650:1 | 32 | 4 |" in md and "FL − α-CE" in md
+    # part-way through a seed (FL's seed 3 at 10:1 not run yet): the point's columns are means over
+    # seeds 0-2 for every loss, so FL − CE is the FL column minus the CE column (positives: the
+    # median of the 11 runs' 30-33 is now 31)
+    partial = sweep.points([x for x in summaries if not (x["variant"] == "fl_neg10" and x["seed"] == 3)])
+    v = partial[0].values
+    row = next(line for line in sweep.markdown(partial).splitlines() if line.startswith("| 10 |"))
+    ce, alpha, fl = (np.mean([v[role][k] for k in range(3)]) for role in ("ce", "alpha_ce", "fl"))
+    assert row.startswith(f"| 10 | 10:1 | 31 | 3 | {ce:.1f} | {alpha:.1f} | {fl:.1f} | {fl - ce:+.1f} ± ")
 
 
 def test_rpn_sweep_compares_focal_rpn_with_the_one_sampled_run_per_seed():

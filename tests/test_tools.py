@@ -332,16 +332,36 @@ def _same_metrics(a, b):
     return a.keys() == b.keys() and all(x == y or (np.isnan(x) and np.isnan(y)) for x, y in zip(a.values(), (b[k] for k in a)))
 
 
-def test_reevaluate_a_test_time_change_instead_of_training(tmp_path, capsys):
+REEVAL_ITERS = ["SOLVER.MAX_ITER", "20", "SOLVER.CHECKPOINT_PERIOD", "100"]
+
+
+@pytest.fixture(scope="module")
+def _gamma_2_trained(tmp_path_factory):
+    """One short synthetic run of the retinanet suite's gamma_2 (its folder and summary), trained
+    once for the re-evaluation tests."""
+    root = tmp_path_factory.mktemp("gamma_2")
+    ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--variants", "gamma_2", "--out", str(root / "runs"),
+                 "--results", str(root / "results"), "--opts", *REEVAL_ITERS])
+    return root
+
+
+@pytest.fixture
+def gamma_2_run(_gamma_2_trained, tmp_path):
+    """A copy of that run's ``runs/`` and ``results/`` in this test's tmp_path, for it to change."""
+    for d in ("runs", "results"):
+        shutil.copytree(_gamma_2_trained / d, tmp_path / d)
+    return tmp_path
+
+
+def test_reevaluate_a_test_time_change_instead_of_training(gamma_2_run, tmp_path, capsys):
     """--reevaluate: a summary made stale by an evaluation-only setting is rewritten from the run's
     checkpoint, equal to what training again with the new setting gives (the independent
     reference: a fresh run); a training change is refused, naming the key."""
-    iters = ["SOLVER.MAX_ITER", "20", "SOLVER.CHECKPOINT_PERIOD", "100"]
+    iters = REEVAL_ITERS
     test_change = ["MODEL.RETINANET.TOPK_CANDIDATES_TEST", "3", "TEST.DETECTIONS_PER_IMAGE", "4"]
     res = tmp_path / "results"
     base = ["--suite", "retinanet", "--dataset", "synthetic", "--variants", "gamma_2",
             "--out", str(tmp_path / "runs"), "--results", str(res)]
-    ablate.main(base + ["--opts", *iters])
     path = res / "synthetic" / "retinanet" / "gamma_2" / "seed0.json"
     before = json.loads(path.read_text())
     ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--variants", "gamma_2", "--out", str(tmp_path / "fresh"),
@@ -361,7 +381,7 @@ def test_reevaluate_a_test_time_change_instead_of_training(tmp_path, capsys):
     assert "summary exists, skipped" in capsys.readouterr().out
     ablate.main(base + ["--reevaluate", "--opts", *iters, *test_change, "SOLVER.BASE_LR", "0.001"])
     out = capsys.readouterr().out
-    assert "not re-evaluated, still stale: gamma_2 seed 0:" in out and "SOLVER.BASE_LR: 0.02 -> 0.001" in out
+    assert "not re-evaluated, left as it was: gamma_2 seed 0:" in out and "SOLVER.BASE_LR: 0.02 -> 0.001" in out
     kept = json.loads(path.read_text())  # left as it was
     assert kept["config_sha256"] == after["config_sha256"] and _same_metrics(kept["metrics"], after["metrics"])
     # training it again under the changed config starts from scratch: the old folder's finished
@@ -374,6 +394,43 @@ def test_reevaluate_a_test_time_change_instead_of_training(tmp_path, capsys):
     assert (run.parent / "seed0.stale-1" / "model_final.pth").is_file()  # the old run's files are kept
     assert "moved to" in capsys.readouterr().out
     assert json.loads(path.read_text())["config_sha256"] != kept["config_sha256"]
+
+
+def test_reevaluate_all_adds_a_metric_the_evaluator_has_gained(gamma_2_run, tmp_path, capsys):
+    """--reevaluate all: a current summary written before the evaluator had the per-class AP50 gets it
+    from the run's checkpoint, every metric it had reproduced exactly (the reference: the summary
+    of the training itself); a copied summary (same_run_as) is copied again from its source; one
+    whose metrics do not come back is left as it was."""
+    iters = REEVAL_ITERS
+    res = tmp_path / "results"
+    base = ["--dataset", "synthetic", "--out", str(tmp_path / "runs"), "--results", str(res)]
+    ablate.main(["--suite", "sweep", "--variants", "fl_all", *base, "--opts", *iters])  # the same run: copied
+    source, copy = res / "synthetic" / "retinanet" / "gamma_2" / "seed0.json", res / "synthetic" / "sweep" / "fl_all" / "seed0.json"
+    trained = json.loads(source.read_text())
+    per_class = sorted(k for k in trained["metrics"] if k.startswith("bbox/AP50-"))
+    assert len(per_class) == 3 and json.loads(copy.read_text())["same_run_as"] == "retinanet/gamma_2/seed0.json"
+    for path in (source, copy):  # as written before the evaluator had AP50 per class
+        s = json.loads(path.read_text())
+        path.write_text(json.dumps({**s, "metrics": {k: v for k, v in s["metrics"].items() if k not in per_class}}))
+    older = json.loads(source.read_text())
+    capsys.readouterr()
+    ablate.main(["--suite", "retinanet", "--variants", "gamma_2", *base, "--reevaluate", "--opts", *iters])
+    assert "gamma_2 seed 0: current, skipped" in capsys.readouterr().out and json.loads(source.read_text()) == older
+    ablate.main(["--suite", "retinanet", "--variants", "gamma_2", *base, "--reevaluate", "all", "--opts", *iters])
+    assert "gamma_2 seed 0: re-evaluated (no setting, 3 metric(s) added)" in capsys.readouterr().out
+    after = json.loads(source.read_text())
+    assert _same_metrics(after["metrics"], trained["metrics"]) and after["reevaluated"]["added"] == per_class
+    assert after["config_sha256"] == trained["config_sha256"] and after["s_per_iter"] == trained["s_per_iter"]
+    ablate.main(["--suite", "sweep", "--variants", "fl_all", *base, "--reevaluate", "all", "--opts", *iters])
+    assert "fl_all seed 0: copied again from retinanet/gamma_2/seed0.json" in capsys.readouterr().out
+    assert json.loads(copy.read_text()) == {**after, "variant": "fl_all", "same_run_as": "retinanet/gamma_2/seed0.json"}
+    # a summary whose AP the checkpoint does not give back (another run's, say) is not overwritten
+    tampered = {**after, "metrics": {**after["metrics"], "bbox/AP": after["metrics"]["bbox/AP"] + 1}}
+    source.write_text(json.dumps(tampered))
+    ablate.main(["--suite", "retinanet", "--variants", "gamma_2", *base, "--reevaluate", "all", "--opts", *iters])
+    out = capsys.readouterr().out
+    assert "not re-evaluated, left as it was: gamma_2 seed 0:" in out and "bbox/AP came back" in out
+    assert json.loads(source.read_text()) == tampered
 
 
 def test_a_run_folder_of_another_config_is_set_aside(tmp_path):

@@ -9,11 +9,17 @@ training figures (s/iter, peak memory, wall time, the training commit) are kept 
 re-evaluation is recorded under ``"reevaluated"``. A run whose config differs in anything else is
 refused with the keys that differ: it needs a new training.
 
+An evaluator that has gained a metric since a run (e.g. the per-class AP50) leaves its summary
+current but without it: ``--reevaluate all`` re-evaluates the current runs too, and keeps the new
+evaluation only if every metric the summary had comes back the same. A summary copied from an
+identical run (``same_run_as``) is copied again from its source instead.
+
 Weight averaging (SOLVER.WEIGHT_AVERAGE.*) is post-training too: a run trained without it gets the
 mean of its periodic checkpoints (``focal_rpn.engine.weight_average``), saved as
 ``reevaluate/model_average.pth`` in its folder and evaluated. A run trained with it keeps only the
 mean in model_final.pth, so a change of its averaging is refused.
 """
+import math
 import os
 from typing import Dict, List
 
@@ -87,9 +93,17 @@ def evaluate_checkpoint(cfg, weights: str, output_dir: str) -> Dict[str, float]:
     return {k: float(v) for k, v in flatten_results_dict(Trainer.test(cfg, model)).items()}
 
 
+# How far (in AP points) a metric may move when a run is re-evaluated under the config it was
+# evaluated with: the same weights and settings give the same detections up to float rounding.
+REPRODUCE_TOLERANCE = 0.05
+
+
 def reevaluate_run(summary: dict, cfg, run_dir: str, git_commit: str) -> dict:
     """The summary of the run in ``run_dir`` re-evaluated under ``cfg``. Raises ValueError naming
-    what is missing or which training keys changed."""
+    what is missing or which training keys changed. Under an unchanged config (to add a metric the
+    evaluator has gained since the run) every metric the summary had must come back within
+    :data:`REPRODUCE_TOLERANCE`, or ValueError names the first that did not; the new metrics are
+    recorded under ``reevaluated.added``."""
     from . import summaries as results
     from ..config import load_config
 
@@ -107,12 +121,27 @@ def reevaluate_run(summary: dict, cfg, run_dir: str, git_commit: str) -> dict:
     metrics = {k: v for k, v in metrics.items() if k.startswith(("bbox/", "box_proposals/", "deeppcb/"))}
     # what training logged (the anchor ratios it saw) does not depend on the evaluation
     metrics.update({k: v for k, v in summary.get("metrics", {}).items() if k in results.LOGGED_MEDIANS})
+    if not diffs["evaluation"]:
+        _check_reproduced(summary["metrics"], metrics, run_dir)
     kept = {k: v for k, v in summary.items() if k != "path"}  # load_summary's note of where it was read
     return {**kept, "metrics": metrics, "config_sha256": results.config_sha256(cfg),
             "config": results.comparable_config(cfg).dump(),
             "reevaluated": {"previous_config_sha256": summary["config_sha256"], "git_commit": git_commit,
                             "changed": diffs["evaluation"],
+                            "added": sorted(set(metrics) - set(summary["metrics"])),
                             **({"earlier": summary["reevaluated"]} if "reevaluated" in summary else {})}}
+
+
+def _check_reproduced(old: Dict[str, float], new: Dict[str, float], run_dir: str) -> None:
+    """Raises ValueError naming the first metric of ``old`` that ``new`` lacks or moves by more than
+    :data:`REPRODUCE_TOLERANCE` (NaN matches NaN: e.g. the AP of a class without boxes)."""
+    for key, before in sorted(old.items()):
+        after = new.get(key, math.nan)
+        if math.isnan(before) and math.isnan(after):
+            continue
+        if not abs(after - before) <= REPRODUCE_TOLERANCE:
+            raise ValueError(f"{run_dir}: re-evaluated under the same config, {key} came back {after:.4f}, "
+                             f"not {before:.4f}; summary left as it was")
 
 
 def _final_weights(trained_cfg, cfg, run_dir: str) -> str:

@@ -72,7 +72,8 @@ def per_class_table(by: Dict[str, Dict[int, dict]], present: List[str], referenc
     """Markdown lines for datasets of more than one class: each variant's COCO ``metric`` ("AP" or
     "AP50") per class (``bbox/<metric>-<class>``), mean ± 95% CI, and below it each other
     variant's paired Δ to ``reference`` per class with its verdict; none for one class or without
-    the metric."""
+    the metric. The seeds (pairs) column counts the runs that have the metric: summaries written
+    before the evaluator had it may lack it ("2 of 5": ``ablate --reevaluate all`` adds it)."""
     prefix = f"bbox/{metric}-"
     classes = sorted({m[len(prefix):] for runs in by.values() for r in runs.values() for m in r["metrics"]
                       if m.startswith(prefix)})
@@ -83,17 +84,24 @@ def per_class_table(by: Dict[str, Dict[int, dict]], present: List[str], referenc
     others = [v for v in present if v != reference]
     paired = (f"; below it the paired Δ to `{reference}` per class, with `better`/`worse` where the "
               "interval excludes 0." if others else ".")
+    having = {v: {s for s, r in runs.items() if any(k in r["metrics"] for k in keys)} for v, runs in by.items()}
+
+    def count(have: set, of: int) -> str:
+        return f"{len(have)}" if len(have) == of else f"{len(have)} of {of}"
+
     lines = ["", f"{metric} per class ({what}), mean ± 95% CI{paired}", "",
-             "| variant | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+             "| variant | seeds | " + " | ".join(classes) + " |", "|---|---|" + "---|" * len(classes)]
     for v in present:
-        lines.append(f"| {v} | " + " | ".join(_fmt(mean_ci([r["metrics"].get(k, math.nan) for r in by[v].values()]))
-                                               for k in keys) + " |")
+        lines.append(f"| {v} | {count(having[v], len(by[v]))} | "
+                     + " | ".join(_fmt(mean_ci([r["metrics"].get(k, math.nan) for r in by[v].values()]))
+                                  for k in keys) + " |")
     if not others:
         return lines
     ref = by.get(reference, {})
-    lines += ["", "| Δ to " + f"`{reference}` | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    lines += ["", "| Δ to " + f"`{reference}` | pairs | " + " | ".join(classes) + " |",
+              "|---|---|" + "---|" * len(classes)]
     for v in others:
-        cells = []
+        cells = [count(having[v] & having.get(reference, set()), len(set(by[v]) & set(ref)))]
         for k in keys:
             d = paired_difference({s: r["metrics"].get(k, math.nan) for s, r in by[v].items()},
                                   {s: r["metrics"].get(k, math.nan) for s, r in ref.items()})

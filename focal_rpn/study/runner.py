@@ -160,19 +160,27 @@ def run_local(jobs, args) -> int:
     return failed
 
 
-def reevaluate_stale(jobs, args) -> None:
-    """``--reevaluate``: each stale summary of ``jobs`` rewritten from its run's final checkpoint
-    evaluated under today's config; a run that cannot be (no folder, training config changed) is
-    named with the reason and left stale."""
+def reevaluate(jobs, args, include_current: bool = False) -> None:
+    """``--reevaluate``: each stale summary of ``jobs`` (with ``include_current``, each current one
+    too) rewritten from its run's final checkpoint evaluated under today's config; a summary copied
+    from an identical run (``same_run_as``) is copied again from its source. A run that cannot be
+    (no folder, training config changed, a metric not reproduced) is named with the reason and left
+    as it was."""
     from .reevaluate import reevaluate_run
 
     refused = []
     for v, seed, path, expected in jobs:
         state = results.summary_state(path, expected)
-        if state != "stale":
-            print(f"{v.name} seed {seed}: {'current' if state == 'current' else 'no summary (train it)'}, skipped")
+        if state not in ("stale", "current") or (state == "current" and not include_current):
+            print(f"{v.name} seed {seed}: {state or 'no summary (train it)'}, skipped")
             continue
         summary = results.load_summary(path)
+        if "same_run_as" in summary:
+            try:
+                _copy_again(summary, path, expected, args)
+            except ValueError as e:
+                refused.append(f"{v.name} seed {seed}: {e}")
+            continue
         try:
             new = reevaluate_run(summary, run_config(v, seed, args.opts),
                                  run_dir(args.out, args.suite, args.dataset, v.name, seed), results.git_commit(ROOT))
@@ -180,8 +188,27 @@ def reevaluate_stale(jobs, args) -> None:
             refused.append(f"{v.name} seed {seed}: {e}")
             continue
         results.write_summary(path, new)
-        changed = "; ".join(new["reevaluated"]["changed"]) or "no setting"
-        print(f"{v.name} seed {seed}: re-evaluated ({changed}): AP50 "
+        done = new["reevaluated"]
+        what = "; ".join(done["changed"]) or "no setting"
+        added = f", {len(done['added'])} metric(s) added" if done["added"] else ""
+        print(f"{v.name} seed {seed}: re-evaluated ({what}{added}): AP50 "
               f"{summary['metrics'].get('bbox/AP50', float('nan')):.2f} -> {new['metrics'].get('bbox/AP50', float('nan')):.2f}")
     for line in refused:
-        print(f"not re-evaluated, still stale: {line}")
+        print(f"not re-evaluated, left as it was: {line}")
+
+
+def _copy_again(summary: dict, path: str, expected: str, args) -> None:
+    """Rewrites the copied summary at ``path`` from its ``same_run_as`` source when that is a current
+    summary of the same run; ValueError otherwise."""
+    source_path = os.path.join(args.results, args.dataset, summary["same_run_as"])
+    source = results.load_summary(source_path) if os.path.isfile(source_path) else None
+    if source is None or results.summary_identity(source) != expected or "failed" in source:
+        raise ValueError(f"copied from {source_path}, which is no longer a summary of the same run; "
+                         "re-evaluate or train that one first")
+    copy = {**{k: v for k, v in source.items() if k != "path"}, "variant": summary["variant"],
+            "same_run_as": summary["same_run_as"]}
+    if copy == {k: v for k, v in summary.items() if k != "path"}:
+        print(f"{summary['variant']} seed {summary['seed']}: the same as its source {summary['same_run_as']}, kept")
+        return
+    results.write_summary(path, copy)
+    print(f"{summary['variant']} seed {summary['seed']}: copied again from {summary['same_run_as']}")

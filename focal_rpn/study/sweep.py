@@ -110,7 +110,8 @@ def markdown(pts: List[Point], spec: Spec = SPECS["sweep"], metric: str = METRIC
     roles = list(spec.roles)
     pairs = [(a, b, f"{spec.labels[a]} − {spec.labels[b]}") for a, b in spec.comparisons]
     lines = [f"### Imbalance sweep: {name} against the negatives per positive in the loss", "",
-             f"Per point, mean {name} and the paired difference (same seeds) with its 95% CI; `better`/`worse` "
+             f"Per point, mean {name} over the seeds all its runs have and the paired difference (same "
+             "seeds) with its 95% CI; `better`/`worse` "
              "when the interval excludes 0. The measured ratio is the median over the point's runs of the "
              "negatives per positive their loss saw (training crops), beside the positive anchors per "
              "crop, which the dial leaves alone.", "",
@@ -118,8 +119,11 @@ def markdown(pts: List[Point], spec: Spec = SPECS["sweep"], metric: str = METRIC
              + " | ".join(label for _, _, label in pairs) + " |",
              "|---|---|---|---|" + "---|" * (len(roles) + len(pairs))]
     for p in pts:
-        seeds = min(len(p.values[r]) for r in spec.ratio_roles)
-        means = [mean_ci(list(p.values[r].values())).mean if p.values[r] else math.nan for r in roles]
+        # the means over the seeds every role has at this point, so that a point part-way through a
+        # seed compares like with like and FL − CE is the difference of the FL and CE columns
+        common = set.intersection(*(set(p.values[r]) for r in roles if p.values[r]))
+        seeds = len(common)
+        means = [mean_ci([p.values[r][k] for k in common]).mean if p.values[r] and common else math.nan for r in roles]
         cells = []
         for a, b, _ in pairs:
             d = p.diffs[f"{a}-{b}"]

@@ -7,6 +7,7 @@
         --slurm-partition learnfair --gpus-per-run 8        # one SLURM job per run (focal_rpn.study.slurm)
     python -m focal_rpn.tools.ablate --suite rpn --dataset coco --seeds 5 --status
     python -m focal_rpn.tools.ablate --suite retinanet --dataset trees --seeds 5 --reevaluate  # test-time change
+    python -m focal_rpn.tools.ablate --suite retinanet --dataset deeppcb --seeds 5 --reevaluate all  # a new metric
 
 Each run is an ordinary ``train_net.py`` training + evaluation in its own OUTPUT_DIR
 (``OUT/SUITE-DATASET/VARIANT/seedK``; an interrupted run resumes from its last checkpoint). A
@@ -42,9 +43,11 @@ def parse_args(argv=None):
                     help="run again, and replace, summaries of an earlier recipe (by default kept and reported apart)")
     ap.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     ap.add_argument("--report", action="store_true", help="train nothing: tabulate the suite's summaries")
-    ap.add_argument("--reevaluate", action="store_true",
+    ap.add_argument("--reevaluate", nargs="?", const="stale", choices=["stale", "all"],
                     help="train nothing: re-evaluate the stale runs whose config changed only in evaluation "
-                         "settings or weight averaging (their folders under --out needed), then report")
+                         "settings or weight averaging (their folders under --out needed), then report; "
+                         "'all': the current runs too, to add a metric the evaluator has gained since "
+                         "(kept only if every metric they had comes back the same)")
     ap.add_argument("--status", action="store_true",
                     help="train nothing: how many runs are done, running, pending, failed (with their logs)")
     ap.add_argument("--launcher", default="local", choices=["local", "submitit"],
@@ -93,7 +96,7 @@ def main(argv=None):
              results.run_identity(run_config(v, seed, args.opts)))
             for seed in range(args.seeds) for v in variants]
     if args.reevaluate:
-        runner.reevaluate_stale(jobs, args)
+        runner.reevaluate(jobs, args, include_current=args.reevaluate == "all")
         runner.report(all_variants, args.suite, args.dataset, args.results, args.opts)
         return
     if not args.status:
