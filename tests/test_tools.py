@@ -131,6 +131,29 @@ def test_a_failed_run_is_recorded_and_the_suite_goes_on(tmp_path, capsys, monkey
     assert trained == ["gamma_2", "ce", "gamma_2"]
 
 
+def test_the_time_left_counts_only_the_runs_that_will_train(tmp_path, capsys, monkeypatch):
+    """The estimate printed before a run is the mean run time so far times the runs still to train,
+    this one included: a later run whose summary is already kept is not counted (here 1 run of
+    1800 s each, not the 2 jobs left in the list)."""
+    res = tmp_path / "results"
+
+    def fake_run(v, seed, opts, *a, **k):
+        return {"variant": v.name, "seed": seed, "config_sha256": summaries.config_sha256(suites.run_config(v, seed, opts)),
+                "metrics": {"bbox/AP50": 1.0}}
+
+    gamma_2 = [v for v in suites.suite_variants("retinanet", "synthetic") if v.name == "gamma_2"][0]
+    summaries.write_summary(summaries.summary_path(str(res), "synthetic", "retinanet", "gamma_2", 0), fake_run(gamma_2, 0, FAST))
+    clock = iter(range(0, 10**6, 1800))  # every reading of the clock 1800 s after the last
+    monkeypatch.setattr(runner.time, "time", lambda: next(clock))
+    monkeypatch.setattr(runner, "run_one", fake_run)
+    monkeypatch.setattr(runner, "report", lambda *a: None)
+    ablate.main(["--suite", "retinanet", "--dataset", "synthetic", "--variants", "ce", "alpha_ce", "gamma_2",
+                 "--out", str(tmp_path / "runs"), "--results", str(res), "--opts", *FAST])
+    out = capsys.readouterr().out
+    assert "[1/3] ce seed 0: running\n" in out and "[2/3] alpha_ce seed 0: running, about 0.5 h left" in out
+    assert "[3/3] gamma_2 seed 0: summary exists, skipped" in out
+
+
 def test_a_locked_run_is_skipped(tmp_path, capsys, monkeypatch):
     """A run whose folder another live process holds is skipped with a message, not trained into
     the same folder; once that process is gone (however it ended) the lock is free."""

@@ -119,6 +119,11 @@ def adopt_identical_runs(jobs, args) -> None:
         print(f"{v.name} seed {seed}: the same config and seed as {source}; its summary copied, not trained again")
 
 
+def _will_train(state, args) -> bool:
+    """Whether a run whose summary is in ``state`` (:func:`results.summary_state`) trains in this call."""
+    return state is None or (state == "stale" and args.rerun_stale) or (state == "failed" and args.retry_failed)
+
+
 def run_local(jobs, args) -> int:
     """Runs the jobs one after another in this shell (``--launcher local``); a run locked by another
     process is skipped, a failed one recorded and the next one started. Returns how many failed."""
@@ -146,8 +151,10 @@ def run_local(jobs, args) -> int:
             if results.summary_state(path, expected) == "current":  # finished while we waited our turn
                 print(f"{head}: summary exists, skipped")
                 continue
-            # (hours, not a clock time: a suite can take days)
-            eta = f", about {statistics.mean(durations) * (len(jobs) - i + 1) / 3600:.1f} h left" if durations else ""
+            # (hours, not a clock time: a suite can take days), over this run and the later ones
+            # that will train: those with a current summary, of another recipe or failed are skipped
+            left = sum(_will_train(results.summary_state(p, e), args) for _, _, p, e in jobs[i:]) + 1
+            eta = f", about {statistics.mean(durations) * left / 3600:.1f} h left" if durations else ""
             print(f"{head}: running{eta}", flush=True)
             t0 = time.time()
             summary = run_one(v, seed, args.opts, out, args.num_gpus, lock_fd=lock.fd)

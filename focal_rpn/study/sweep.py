@@ -105,6 +105,18 @@ def _fmt(iv: Interval) -> str:
     return f"{iv.mean:+.1f} ± {iv.half_width:.1f}"
 
 
+def _common_seeds(p: Point) -> set:
+    """The seeds every role with runs at point ``p`` has: a point part-way through a seed then
+    compares like with like, and FL − CE is the difference of the FL and CE means."""
+    have = [set(by_seed) for by_seed in p.values.values() if by_seed]
+    return set.intersection(*have) if have else set()
+
+
+def _role_mean(p: Point, role: str) -> Interval:
+    """Mean and 95% CI of ``role``'s metric at point ``p`` over :func:`_common_seeds` (n 0: none)."""
+    return mean_ci([p.values[role][k] for k in sorted(_common_seeds(p)) if k in p.values[role]])
+
+
 def markdown(pts: List[Point], spec: Spec = SPECS["sweep"], metric: str = METRIC) -> str:
     name = metric.split("/")[-1]
     roles = list(spec.roles)
@@ -119,11 +131,8 @@ def markdown(pts: List[Point], spec: Spec = SPECS["sweep"], metric: str = METRIC
              + " | ".join(label for _, _, label in pairs) + " |",
              "|---|---|---|---|" + "---|" * (len(roles) + len(pairs))]
     for p in pts:
-        # the means over the seeds every role has at this point, so that a point part-way through a
-        # seed compares like with like and FL − CE is the difference of the FL and CE columns
-        common = set.intersection(*(set(p.values[r]) for r in roles if p.values[r]))
-        seeds = len(common)
-        means = [mean_ci([p.values[r][k] for k in common]).mean if p.values[r] and common else math.nan for r in roles]
+        seeds = len(_common_seeds(p))
+        means = [_role_mean(p, r).mean for r in roles]
         cells = []
         for a, b, _ in pairs:
             d = p.diffs[f"{a}-{b}"]
@@ -155,7 +164,23 @@ def plot(pts: List[Point], path: str, title: str, spec: Spec = SPECS["sweep"], m
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax_abs, ax) = plt.subplots(1, 2, figsize=(11, 4))
+    name = metric.split("/")[-1]
+    # left: each loss's own metric per point (over the seeds all its runs have), the curves whose
+    # differences the right panel shows with their paired intervals
+    for k, role in enumerate(spec.roles):
+        shown = [(p, _role_mean(p, role)) for p in pts if not math.isnan(p.ratio)]
+        shown = [(p, iv) for p, iv in shown if iv.n > 0]
+        if shown:
+            xs = [p.ratio * 1.04 ** (k - (len(spec.roles) - 1) / 2) for p, _ in shown]
+            err = [0 if iv.n < 2 else iv.half_width for _, iv in shown]
+            ax_abs.errorbar(xs, [iv.mean for _, iv in shown], yerr=err, fmt="o-", capsize=3, label=spec.labels[role])
+    ax_abs.set_xscale("log")
+    ax_abs.set_xlabel("negatives per positive in the loss (measured)")
+    ax_abs.set_ylabel(f"{name} (mean, 95% CI)")
+    ax_abs.set_title("each loss")
+    if ax_abs.has_data():
+        ax_abs.legend()
     plotted = False
     for k, (a, b) in enumerate(spec.comparisons):
         shown = [p for p in pts if not math.isnan(p.ratio) and p.diffs[f"{a}-{b}"].n > 0]
@@ -172,8 +197,9 @@ def plot(pts: List[Point], path: str, title: str, spec: Spec = SPECS["sweep"], m
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("negatives per positive in the loss (measured)")
-    ax.set_ylabel(f"Δ {metric.split('/')[-1]} (paired, 95% CI)")
-    ax.set_title(title)
+    ax.set_ylabel(f"Δ {name} (paired, 95% CI)")
+    ax.set_title("paired differences")
+    fig.suptitle(title)
     if plotted:
         ax.legend()
     fig.tight_layout()
