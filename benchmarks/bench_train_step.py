@@ -176,6 +176,8 @@ def step_peak_mb(config, opts, crop=0, steps=3):
 def main():
     from detectron2.utils.events import EventStorage
 
+    from focal_rpn.engine.autocast import cpu_has_bfloat16
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pair", choices=sorted(PAIRS), default="retinanet")
     ap.add_argument("--config", help="config of the pair's variants (default: the pair's own)")
@@ -213,6 +215,9 @@ def main():
     print(f"config {', '.join(configs)} {' '.join(args.opts)}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.steps} interleaved steps; peak memory: median "
           f"of {args.repeats} fresh process(es) per variant (RSS) and live tensor bytes (deterministic)")
+    if not cpu_has_bfloat16():  # the bf16 rows run emulated bfloat16; Trainer would not (autocast.py)
+        print(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bfloat16 units: the bf16 rows are "
+              "emulated; Trainer trains SOLVER.AMP.ENABLED configs in float32 here")
     # fresh processes interleaved variant by variant, so that a slow drift affects all alike
     mems = {n: [] for n in names}
     for _ in range(args.repeats):

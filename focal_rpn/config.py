@@ -99,7 +99,8 @@ def add_focal_rpn_config(cfg):
     # ---- Speed ----
     # Convolutions in the channels_last (NHWC) layout: model weights and input batches. oneDNN's
     # NHWC kernels are faster on CPUs (and tensor cores prefer NHWC on GPUs); same results up to
-    # rounding. With SOLVER.AMP.ENABLED on a CPU, training runs under bfloat16 autocast.
+    # rounding. With SOLVER.AMP.ENABLED on a CPU, training runs under bfloat16 autocast (in float32
+    # where the CPU has no bfloat16 units: focal_rpn/engine/autocast.py).
     _C.MODEL.CHANNELS_LAST = False
     # Threads for per-image work that PyTorch runs on one CPU core: RoIAlign's backward and the
     # RPN's proposal selection (top-k, NMS) take a range of the batch's images each. Bitwise the

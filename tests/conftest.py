@@ -36,10 +36,12 @@ def make_cfg():
     return load_repo_config
 
 
-def run_train_net(*args, check=True, timeout=600):
-    """Runs train_net.py as a user would; returns the CompletedProcess (stdout, stderr)."""
+def run_train_net(*args, check=True, timeout=600, env=None):
+    """Runs train_net.py as a user would (``env``: variables added to this environment); returns
+    the CompletedProcess (stdout, stderr)."""
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), *args]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **(env or {})})
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
     return p

@@ -6,13 +6,17 @@ import math
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from conftest import run_train_net
 
-from focal_rpn.engine import Trainer
+from focal_rpn.engine import Trainer, autocast
 from focal_rpn.engine.autocast import CPUAutocastTrainer, amp_trainer
+
+# bfloat16 in the training processes of the tests below even where the CPU has no bfloat16 units
+EMULATE = {autocast.CPU_BF16_ENV: "emulate"}
 
 # (config, options): every classification loss path of the project
 MODELS = {
@@ -119,19 +123,45 @@ def test_backward_inside_autocast_equals_backward_outside(make_cfg):
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
-def test_amp_on_cpu_builds_the_bfloat16_trainer(make_cfg):
+def test_amp_on_cpu_builds_the_bfloat16_trainer(make_cfg, monkeypatch):
+    monkeypatch.setattr(autocast, "cpu_has_bfloat16", lambda: True)
     cfg = make_cfg("configs/synthetic/retinanet.yaml", "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "1")
     trainer = Trainer(cfg)
     assert isinstance(trainer._trainer, CPUAutocastTrainer) and trainer._trainer.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("has_bf16,mode,expected", [
+    (True, None, CPUAutocastTrainer), (True, "refuse", CPUAutocastTrainer),
+    (False, None, SimpleTrainer), (False, "auto", SimpleTrainer), (False, "emulate", CPUAutocastTrainer),
+    (False, "refuse", RuntimeError), (False, "yes", ValueError)])
+def test_amp_on_a_cpu_without_bfloat16_units(has_bf16, mode, expected, monkeypatch, caplog):
+    """Without bfloat16 units, SOLVER.AMP.ENABLED trains in float32 with a warning (emulated
+    bfloat16 is many times slower), or bfloat16 anyway, or refuses, as FOCAL_RPN_CPU_BF16 says."""
+    monkeypatch.setattr(autocast, "cpu_has_bfloat16", lambda: has_bf16)
+    if mode is None:
+        monkeypatch.delenv(autocast.CPU_BF16_ENV, raising=False)
+    else:
+        monkeypatch.setenv(autocast.CPU_BF16_ENV, mode)
     model = torch.nn.Linear(2, 2)
-    assert isinstance(amp_trainer(model, [], torch.optim.SGD(model.parameters(), lr=0.1)), CPUAutocastTrainer)
+    build = lambda: amp_trainer(model, [], torch.optim.SGD(model.parameters(), lr=0.1))  # noqa: E731
+    if issubclass(expected, Exception):
+        with pytest.raises(expected, match="FOCAL_RPN_CPU_BF16"):
+            build()
+        return
+    with caplog.at_level("WARNING", logger=autocast.__name__):
+        trainer = build()
+    assert type(trainer) is expected
+    fell_back = expected is SimpleTrainer
+    assert ("training in float32 instead" in caplog.text) == fell_back
+    if fell_back:
+        assert "SOLVER.AMP.ENABLED" in caplog.text and "bfloat16" in caplog.text
 
 
 def test_train_net_with_amp_and_channels_last(tmp_path):
     """A user's run with both keys on: finite losses, the bf16 trainer in use, evaluation works."""
     p = run_train_net("--config-file", "configs/synthetic/faster_rcnn.yaml", "SOLVER.AMP.ENABLED", "True",
                       "MODEL.CHANNELS_LAST", "True", "MODEL.PROPOSAL_GENERATOR.NAME", "FocalRPN",
-                      "SOLVER.MAX_ITER", "6", "OUTPUT_DIR", str(tmp_path))
+                      "SOLVER.MAX_ITER", "6", "OUTPUT_DIR", str(tmp_path), env=EMULATE)
     assert "Evaluation results for bbox" in p.stdout + p.stderr
     with open(tmp_path / "metrics.json") as f:
         rows = [json.loads(line) for line in f]
@@ -167,7 +197,7 @@ def test_bf16_training_repeats_bit_for_bit_across_processes(tmp_path):
         out = tmp_path / run
         run_train_net("--config-file", "configs/synthetic/faster_rcnn.yaml", "SOLVER.MAX_ITER", "6",
                       "SOLVER.WEIGHT_AVERAGE.ENABLED", "False", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()",
-                      "SEED", "3", "OUTPUT_DIR", str(out))
+                      "SEED", "3", "OUTPUT_DIR", str(out), env=EMULATE)
         finals.append(torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"])
     assert finals[0].keys() == finals[1].keys()
     changed = [k for k in finals[0] if not torch.equal(finals[0][k], finals[1][k])]

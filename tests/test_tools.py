@@ -604,6 +604,7 @@ def test_the_readme_study_commands_change_no_committed_summary(command, tmp_path
     shutil.copytree(os.path.join(ROOT, "results"), tmp_path / "results")
     before = {p: p.read_bytes() for p in (tmp_path / "results").rglob("seed*.json")}
     trained = []
+    monkeypatch.setattr(runner, "cpu_has_bfloat16", lambda: True)  # the CPU recipes' bfloat16, on any CPU
     monkeypatch.setattr(runner, "run_one", lambda v, seed, opts, *a, **k: trained.append((v.name, seed)) or {
         "variant": v.name, "seed": seed, "config_sha256": summaries.config_sha256(suites.run_config(v, seed, opts)),
         "failed": {"cause": "not trained in this test", "iteration": 0, "log": "-"}})
@@ -624,3 +625,40 @@ def test_the_readme_study_commands_change_no_committed_summary(command, tmp_path
 def test_the_readme_has_study_commands():
     suites_run = {(c[c.index("--suite") + 1], c[c.index("--dataset") + 1]) for c in _readme_study_commands()}
     assert {("retinanet", "deeppcb"), ("rpn", "deeppcb"), ("sweep", "deeppcb"), ("classes", "bccd")} <= suites_run
+
+
+def test_a_suite_of_bfloat16_runs_stops_on_a_cpu_without_bfloat16_units(tmp_path, monkeypatch, capsys):
+    """Where the CPU has no bfloat16 units a run of a SOLVER.AMP.ENABLED config would fall back to
+    float32 under its config's hash: the local launcher stops before the first run and names the
+    ways out; with FOCAL_RPN_CPU_BF16=emulate it trains, and its training processes refuse the
+    fallback unless told otherwise."""
+    monkeypatch.setattr(runner, "cpu_has_bfloat16", lambda: False)
+    monkeypatch.delenv("FOCAL_RPN_CPU_BF16", raising=False)
+    envs = []
+
+    class Refused(Exception):
+        pass
+
+    def popen(cmd, env=None, **kwargs):
+        envs.append(env)
+        raise Refused
+
+    monkeypatch.setattr(runner.subprocess, "Popen", popen)
+    call = ["--suite", "retinanet", "--dataset", "synthetic", "--variants", "ce", "--out", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results"), "--opts", "SOLVER.AMP.ENABLED", "True"]
+    with pytest.raises(SystemExit, match="no bfloat16 instructions.*FOCAL_RPN_CPU_BF16=emulate.*SOLVER.AMP.ENABLED False"):
+        ablate.main(call)
+    assert not envs and not (tmp_path / "results").exists()
+    monkeypatch.setenv("FOCAL_RPN_CPU_BF16", "emulate")
+    with pytest.raises(Refused):
+        ablate.main(call)
+    assert envs[0]["FOCAL_RPN_CPU_BF16"] == "emulate"
+    monkeypatch.setattr(runner, "cpu_has_bfloat16", lambda: True)
+    monkeypatch.delenv("FOCAL_RPN_CPU_BF16")
+    with pytest.raises(Refused):
+        ablate.main(call)
+    assert envs[1]["FOCAL_RPN_CPU_BF16"] == "refuse"
+    # float32 runs are another config: they train anywhere
+    with pytest.raises(Refused):
+        monkeypatch.setattr(runner, "cpu_has_bfloat16", lambda: False)
+        ablate.main(call[:-1] + ["False"])

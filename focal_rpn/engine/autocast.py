@@ -4,9 +4,43 @@ Detectron2's AMPTrainer is CUDA-only (float16 + GradScaler, and it asserts CUDA)
 bfloat16 units (AVX512-BF16, AMX) the trees RetinaNet training step took 0.50x the float32 time
 under ``torch.autocast("cpu", torch.bfloat16)`` (docs/performance.md); bfloat16 has float32's exponent range, so no loss
 scaling is needed. Parameters, gradients and the optimizer state stay float32.
+
+On a CPU without them (AVX2 only: most laptops, older servers) oneDNN emulates bfloat16 and the
+same step is many times *slower* than float32 (docs/performance.md). There SOLVER.AMP.ENABLED
+trains in float32 with a warning, unless the environment variable ``FOCAL_RPN_CPU_BF16`` says
+otherwise: ``emulate`` (bfloat16 anyway, e.g. to repeat a run made on another machine) or
+``refuse`` (an error: the study runner sets it, so that a suite never mixes float32 runs into
+bfloat16 ones under the same config).
 """
+import logging
+import os
+
 import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
+
+logger = logging.getLogger(__name__)
+
+CPU_BF16_ENV = "FOCAL_RPN_CPU_BF16"
+CPU_BF16_MODES = ("auto", "emulate", "refuse")
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether oneDNN has native bfloat16 kernels on this CPU (AVX512 with BF16, or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cpu_bf16_mode() -> str:
+    """``FOCAL_RPN_CPU_BF16`` (default ``auto``), checked against :data:`CPU_BF16_MODES`."""
+    mode = os.environ.get(CPU_BF16_ENV, "auto")
+    if mode not in CPU_BF16_MODES:
+        raise ValueError(f"{CPU_BF16_ENV}={mode!r}: expected one of {', '.join(CPU_BF16_MODES)}")
+    return mode
+
+
+def no_cpu_bfloat16_message() -> str:
+    return ("SOLVER.AMP.ENABLED asks for bfloat16 autocast, but this CPU has no bfloat16 instructions "
+            f"(AVX512-BF16 or AMX; torch's CPU capability: {torch.backends.cpu.get_cpu_capability()}), where "
+            "emulated bfloat16 makes the training step about 10x slower than float32 (docs/performance.md)")
 
 
 class CPUAutocastTrainer(SimpleTrainer):
@@ -29,8 +63,18 @@ class CPUAutocastTrainer(SimpleTrainer):
 
 def amp_trainer(model, data_loader, optimizer, **kwargs):
     """The trainer DefaultTrainer builds for SOLVER.AMP.ENABLED: Detectron2's AMPTrainer (float16,
-    GradScaler) for a CUDA model, :class:`CPUAutocastTrainer` (bfloat16) for a CPU model."""
+    GradScaler) for a CUDA model; for a CPU model :class:`CPUAutocastTrainer` (bfloat16) where the
+    CPU has bfloat16 units, else as :func:`cpu_bf16_mode` says (default: float32, SimpleTrainer)."""
     device = next(model.parameters()).device
-    if device.type == "cpu":
+    if device.type != "cpu":
+        return AMPTrainer(model, data_loader, optimizer, **kwargs)
+    mode = cpu_bf16_mode()
+    if mode == "emulate" or cpu_has_bfloat16():
         return CPUAutocastTrainer(model, data_loader, optimizer, **kwargs)
-    return AMPTrainer(model, data_loader, optimizer, **kwargs)
+    if mode == "refuse":
+        raise RuntimeError(f"{no_cpu_bfloat16_message()}; {CPU_BF16_ENV}=refuse. Train on a CPU with "
+                           f"them, set {CPU_BF16_ENV}=emulate to train in bfloat16 anyway, or "
+                           "SOLVER.AMP.ENABLED False for a float32 run (another config)")
+    logger.warning(f"{no_cpu_bfloat16_message()}: training in float32 instead ({CPU_BF16_ENV}=emulate "
+                   "keeps bfloat16)")
+    return SimpleTrainer(model, data_loader, optimizer, **kwargs)

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import List
 
+from ..engine.autocast import CPU_BF16_ENV, cpu_bf16_mode, cpu_has_bfloat16, no_cpu_bfloat16_message
 from . import summaries as results, sweep
 from .report import write_report
 from .suites import REFERENCES, ROOT, Variant, run_config, run_dir
@@ -69,8 +70,10 @@ def run_one(variant: Variant, seed: int, opts: List[str], run_dir: str, num_gpus
     log_path = os.path.join(run_dir, "stdout.txt")
     with open(log_path, "a") as log:
         # the training process inherits the run's locked file: the run stays locked while it lives
+        # a run whose config asks for bfloat16 never trains in float32 under its config hash
+        env = {**os.environ, CPU_BF16_ENV: os.environ.get(CPU_BF16_ENV, "refuse")}
         proc = subprocess.Popen(cmd, cwd=os.path.dirname(ROOT), stdout=log, stderr=subprocess.STDOUT,
-                                pass_fds=(lock_fd,) if lock_fd >= 0 else ())
+                                pass_fds=(lock_fd,) if lock_fd >= 0 else (), env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
@@ -124,11 +127,30 @@ def _will_train(state, args) -> bool:
     return state is None or (state == "stale" and args.rerun_stale) or (state == "failed" and args.retry_failed)
 
 
+def check_cpu_bfloat16(jobs, args) -> None:
+    """Stops before the first run when a run that will train asks for bfloat16 autocast on a CPU
+    that has no bfloat16 units (where each run would fail: :func:`run_one` refuses the float32
+    fallback), naming the ways out."""
+    if cpu_has_bfloat16() or cpu_bf16_mode() == "emulate":
+        return
+    asking = []
+    for v, seed, path, expected in jobs:
+        cfg = run_config(v, seed, args.opts)
+        if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu" and _will_train(results.summary_state(path, expected), args):
+            asking.append(f"{v.name} seed {seed}")
+    if asking:
+        raise SystemExit(f"{no_cpu_bfloat16_message()}. {len(asking)} run(s) would train so ({asking[0]}, ...), "
+                         f"and a float32 run must not be kept as one of this config's. Run the suite on a CPU with "
+                         f"bfloat16 units, or set {CPU_BF16_ENV}=emulate to train in bfloat16 anyway, or pass "
+                         "--opts SOLVER.AMP.ENABLED False (float32: another config, its own results folder)")
+
+
 def run_local(jobs, args) -> int:
     """Runs the jobs one after another in this shell (``--launcher local``); a run locked by another
     process is skipped, a failed one recorded and the next one started. Returns how many failed."""
     from .lock import run_lock
 
+    check_cpu_bfloat16(jobs, args)
     durations, failed = [], 0
     for i, (v, seed, path, expected) in enumerate(jobs, start=1):
         head = f"[{i}/{len(jobs)}] {v.name} seed {seed}"

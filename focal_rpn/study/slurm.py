@@ -61,11 +61,13 @@ class StudyRun:
         import submitit
         from detectron2.engine import launch
 
+        from ..engine.autocast import CPU_BF16_ENV
         from ..engine.main import main as train_net_main
         from .lock import run_lock
         from .runner import summarize
 
         self._started = time.time()
+        os.environ.setdefault(CPU_BF16_ENV, "refuse")  # no float32 fallback under a bfloat16 config
         env = submitit.JobEnvironment()
         # "auto" picks a free local port; across nodes every machine must name the same one.
         port = 20000 + zlib.crc32(env.job_id.encode()) % 20000
