@@ -658,7 +658,12 @@ def test_a_suite_of_bfloat16_runs_stops_on_a_cpu_without_bfloat16_units(tmp_path
     with pytest.raises(Refused):
         ablate.main(call)
     assert envs[1]["FOCAL_RPN_CPU_BF16"] == "refuse"
+    monkeypatch.setattr(runner, "cpu_has_bfloat16", lambda: False)
+    monkeypatch.setenv("FOCAL_RPN_CPU_BF16", "auto")  # set explicitly: float32 accepted
+    with pytest.raises(Refused):
+        ablate.main(call)
+    assert envs[2]["FOCAL_RPN_CPU_BF16"] == "auto"
+    monkeypatch.delenv("FOCAL_RPN_CPU_BF16")
     # float32 runs are another config: they train anywhere
     with pytest.raises(Refused):
-        monkeypatch.setattr(runner, "cpu_has_bfloat16", lambda: False)
         ablate.main(call[:-1] + ["False"])

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import List
 
-from ..engine.autocast import CPU_BF16_ENV, cpu_bf16_mode, cpu_has_bfloat16, no_cpu_bfloat16_message
+from ..engine.autocast import CPU_BF16_ENV, cpu_has_bfloat16, no_cpu_bfloat16_message
 from . import summaries as results, sweep
 from .report import write_report
 from .suites import REFERENCES, ROOT, Variant, run_config, run_dir
@@ -130,8 +130,8 @@ def _will_train(state, args) -> bool:
 def check_cpu_bfloat16(jobs, args) -> None:
     """Stops before the first run when a run that will train asks for bfloat16 autocast on a CPU
     that has no bfloat16 units (where each run would fail: :func:`run_one` refuses the float32
-    fallback), naming the ways out."""
-    if cpu_has_bfloat16() or cpu_bf16_mode() == "emulate":
+    fallback unless ``FOCAL_RPN_CPU_BF16`` is set), naming the ways out."""
+    if cpu_has_bfloat16() or os.environ.get(CPU_BF16_ENV) in ("emulate", "auto"):  # "auto" set: the user's call
         return
     asking = []
     for v, seed, path, expected in jobs:
@@ -142,7 +142,8 @@ def check_cpu_bfloat16(jobs, args) -> None:
         raise SystemExit(f"{no_cpu_bfloat16_message()}. {len(asking)} run(s) would train so ({asking[0]}, ...), "
                          f"and a float32 run must not be kept as one of this config's. Run the suite on a CPU with "
                          f"bfloat16 units, or set {CPU_BF16_ENV}=emulate to train in bfloat16 anyway, or pass "
-                         "--opts SOLVER.AMP.ENABLED False (float32: another config, its own results folder)")
+                         "--opts SOLVER.AMP.ENABLED False (float32: another config, its own results folder); "
+                         f"{CPU_BF16_ENV}=auto accepts float32 runs under this config")
 
 
 def run_local(jobs, args) -> int:

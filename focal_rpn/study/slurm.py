@@ -21,6 +21,7 @@ import resource
 import time
 import zlib
 from typing import Dict, List, Optional, Tuple
+from unittest import mock
 
 from . import summaries as results
 
@@ -67,7 +68,6 @@ class StudyRun:
         from .runner import summarize
 
         self._started = time.time()
-        os.environ.setdefault(CPU_BF16_ENV, "refuse")  # no float32 fallback under a bfloat16 config
         env = submitit.JobEnvironment()
         # "auto" picks a free local port; across nodes every machine must name the same one.
         port = 20000 + zlib.crc32(env.job_id.encode()) % 20000
@@ -79,8 +79,10 @@ class StudyRun:
                 print(f"{self.run_dir} is being trained by {lock.holder}: this job leaves it", flush=True)
                 return None
             try:
-                launch(train_net_main, args.num_gpus, num_machines=args.num_machines,
-                       machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+                # no float32 fallback under a bfloat16 config (autocast.py), for this training only
+                with mock.patch.dict(os.environ, {CPU_BF16_ENV: os.environ.get(CPU_BF16_ENV, "refuse")}):
+                    launch(train_net_main, args.num_gpus, num_machines=args.num_machines,
+                           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
             except Exception as e:
                 if env.node == 0:  # recorded, then raised: submitit marks the job failed
                     self._record_failure(e, env)
