@@ -39,6 +39,10 @@ def test_rpn_suite_on_synthetic(tmp_path, capsys):
     s = summaries[("rpn_ce", "seed0.json")]
     assert {"seed", "iterations", "s_per_iter", "peak_rss_mb", "config_sha256", "git_commit"} <= set(s)
     assert s["iterations"] == 2 and s["peak_rss_mb"] > 100 and len(s["config_sha256"]) == 64
+    # the machine, as torch and the OS tell it
+    assert s["machine"]["cores"] == os.cpu_count() and s["machine"]["torch"] == torch.__version__
+    assert s["machine"]["bfloat16_units"] == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert s["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and s["machine"]["cpu"]
     assert {"bbox/AP", "bbox/AP50", "bbox/AP75", "box_proposals/AR@100", "box_proposals/AR@1000"} <= set(s["metrics"])
     # metrics.json of the run holds the same final values under the same names
     with open(tmp_path / "runs" / "rpn-synthetic" / "rpn_ce" / "seed0" / "metrics.json") as f:

@@ -22,7 +22,8 @@ def summarize(variant: Variant, seed: int, opts: List[str], run_dir: str, peak_r
     summary = {
         "variant": variant.name, "seed": seed, "iterations": cfg.SOLVER.MAX_ITER,
         "s_per_iter": metrics.pop("s_per_iter"), "peak_rss_mb": peak_rss_mb, "wall_s": wall_s,
-        **results.config_record(cfg, opts), "git_commit": results.git_commit(ROOT), "metrics": metrics,
+        **results.config_record(cfg, opts), "git_commit": results.git_commit(ROOT), "machine": results.machine(),
+        "metrics": metrics,
     }
     if cfg.MODEL.ANCHOR_GENERATOR.FIT:  # the anchors the run fitted, from the config it wrote
         from ..config import load_config

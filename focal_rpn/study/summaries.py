@@ -4,7 +4,7 @@ holds, which config it ran, and reading them back (the tables and plots: :mod:`.
 One finished run leaves ``RESULTS/<dataset>/<suite>/<variant>/seed<K>.json``::
 
     {"variant", "seed", "iterations", "s_per_iter", "peak_rss_mb", "wall_s", "config_sha256",
-     "config", "opts", "git_commit", "metrics": {"bbox/AP": ..., "bbox/AP50": ..., ...}}
+     "config", "opts", "git_commit", "machine", "metrics": {"bbox/AP": ..., "bbox/AP50": ..., ...}}
 
 ``config`` is the dump of the run's config (:func:`comparable_config`) and ``config_sha256`` its
 SHA-256. A summary whose hash differs from what its variant builds today ran an *earlier recipe*:
@@ -120,6 +120,29 @@ def same_training(a, b) -> bool:
     aside), compared as data: a config read back from a run's config.yaml dumps shared lists
     without the YAML anchors of the config it was written from, so their hashes can differ."""
     return yaml.safe_load(comparable_config(a).dump()) == yaml.safe_load(comparable_config(b).dump())
+
+
+def machine() -> dict:
+    """The machine a run trained on, as its summary keeps it (``machine``): CPU model, cores,
+    torch's CPU capability and whether it has bfloat16 units (the CPU recipes' speed and precision
+    depend on it), torch's version, the GPU if any."""
+    import platform
+
+    import torch
+
+    from ..engine.autocast import cpu_has_bfloat16
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    out = {"cpu": cpu, "cores": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "bfloat16_units": cpu_has_bfloat16(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
 
 
 def git_commit(root: str) -> str:
