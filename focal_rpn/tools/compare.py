@@ -1,8 +1,8 @@
 """Compare run summaries from any folders, seed by seed: the study's table for configs that are
 not in a suite (a tweak of a recipe against the recipe, a GPU run against a CPU one).
 
-    python -m focal_rpn.tools.compare results/trees/retinanet/gamma_2 results/trees/tuning/bf16_seeds/trees/retinanet/gamma_2 \
-        --names float32 bf16 [--output compare.md]
+    python -m focal_rpn.tools.compare results/trees/retinanet/gamma_2 results/precision/trees/retinanet/gamma_2 \
+        --names bf16 float32 [--output compare.md]
 
 Each folder holds ``seed<K>.json`` summaries (what ``focal_rpn.tools.ablate`` writes; see
 :mod:`focal_rpn.study.summaries`) of *one* config: a folder whose summaries name different variants or
