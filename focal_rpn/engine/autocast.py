@@ -5,7 +5,7 @@ bfloat16 units (AVX512-BF16, AMX) the trees RetinaNet training step took 0.50x t
 under ``torch.autocast("cpu", torch.bfloat16)`` (docs/performance.md); bfloat16 has float32's exponent range, so no loss
 scaling is needed. Parameters, gradients and the optimizer state stay float32.
 
-On a CPU without them (AVX2 only: most laptops, older servers) oneDNN emulates bfloat16 and the
+On a CPU without them (AVX2 only, as many laptops and older servers) oneDNN emulates bfloat16 and the
 same step is many times *slower* than float32 (docs/performance.md). There SOLVER.AMP.ENABLED
 trains in float32 with a warning, unless the environment variable ``FOCAL_RPN_CPU_BF16`` says
 otherwise: ``emulate`` (bfloat16 anyway, e.g. to repeat a run made on another machine) or
@@ -25,8 +25,10 @@ CPU_BF16_MODES = ("auto", "emulate", "refuse")
 
 
 def cpu_has_bfloat16() -> bool:
-    """Whether oneDNN has native bfloat16 kernels on this CPU (AVX512 with BF16, or AMX)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX), which make oneDNN's bfloat16
+    kernels fast. Not ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``: that accepts any AVX-512
+    core, where bfloat16 is emulated (3-4x slower than float32 by onnxruntime's account)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def cpu_bf16_mode() -> str:
@@ -35,6 +37,12 @@ def cpu_bf16_mode() -> str:
     if mode not in CPU_BF16_MODES:
         raise ValueError(f"{CPU_BF16_ENV}={mode!r}: expected one of {', '.join(CPU_BF16_MODES)}")
     return mode
+
+
+def refuse_fallback_env() -> dict:
+    """The environment a study run trains in: ``FOCAL_RPN_CPU_BF16`` as the user set it, else
+    ``refuse``, so that a run of a bfloat16 config is never trained in float32 under its hash."""
+    return {CPU_BF16_ENV: os.environ.get(CPU_BF16_ENV, "refuse")}
 
 
 def no_cpu_bfloat16_message() -> str:

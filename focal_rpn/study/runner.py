@@ -7,7 +7,7 @@ import sys
 import time
 from typing import List
 
-from ..engine.autocast import CPU_BF16_ENV, cpu_has_bfloat16, no_cpu_bfloat16_message
+from ..engine.autocast import CPU_BF16_ENV, cpu_bf16_mode, cpu_has_bfloat16, no_cpu_bfloat16_message, refuse_fallback_env
 from . import summaries as results, sweep
 from .report import write_report
 from .suites import REFERENCES, ROOT, Variant, run_config, run_dir
@@ -71,10 +71,8 @@ def run_one(variant: Variant, seed: int, opts: List[str], run_dir: str, num_gpus
     log_path = os.path.join(run_dir, "stdout.txt")
     with open(log_path, "a") as log:
         # the training process inherits the run's locked file: the run stays locked while it lives
-        # a run whose config asks for bfloat16 never trains in float32 under its config hash
-        env = {**os.environ, CPU_BF16_ENV: os.environ.get(CPU_BF16_ENV, "refuse")}
         proc = subprocess.Popen(cmd, cwd=os.path.dirname(ROOT), stdout=log, stderr=subprocess.STDOUT,
-                                pass_fds=(lock_fd,) if lock_fd >= 0 else (), env=env)
+                                pass_fds=(lock_fd,) if lock_fd >= 0 else (), env={**os.environ, **refuse_fallback_env()})
         _, status, usage = os.wait4(proc.pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
@@ -132,7 +130,8 @@ def check_cpu_bfloat16(jobs, args) -> None:
     """Stops before the first run when a run that will train asks for bfloat16 autocast on a CPU
     that has no bfloat16 units (where each run would fail: :func:`run_one` refuses the float32
     fallback unless ``FOCAL_RPN_CPU_BF16`` is set), naming the ways out."""
-    if cpu_has_bfloat16() or os.environ.get(CPU_BF16_ENV) in ("emulate", "auto"):  # "auto" set: the user's call
+    mode = cpu_bf16_mode()  # a value it does not know is an error naming the variable
+    if cpu_has_bfloat16() or (CPU_BF16_ENV in os.environ and mode != "refuse"):  # set: the user's call
         return
     asking = []
     for v, seed, path, expected in jobs:

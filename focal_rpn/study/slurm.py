@@ -62,7 +62,7 @@ class StudyRun:
         import submitit
         from detectron2.engine import launch
 
-        from ..engine.autocast import CPU_BF16_ENV
+        from ..engine.autocast import refuse_fallback_env
         from ..engine.main import main as train_net_main
         from .lock import run_lock
         from .runner import summarize
@@ -79,8 +79,7 @@ class StudyRun:
                 print(f"{self.run_dir} is being trained by {lock.holder}: this job leaves it", flush=True)
                 return None
             try:
-                # no float32 fallback under a bfloat16 config (autocast.py), for this training only
-                with mock.patch.dict(os.environ, {CPU_BF16_ENV: os.environ.get(CPU_BF16_ENV, "refuse")}):
+                with mock.patch.dict(os.environ, refuse_fallback_env()):  # for this training only
                     launch(train_net_main, args.num_gpus, num_machines=args.num_machines,
                            machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
             except Exception as e:
