@@ -157,6 +157,23 @@ def test_amp_on_a_cpu_without_bfloat16_units(has_bf16, mode, expected, monkeypat
         assert "SOLVER.AMP.ENABLED" in caplog.text and "bfloat16" in caplog.text
 
 
+@pytest.mark.parametrize("device,amp,has_bf16,mode,expected", [
+    ("cpu", False, True, None, "float32"), ("cuda", False, False, None, "float32"),
+    ("cuda", True, False, None, "float16"), ("cuda", True, False, "refuse", "float16"),
+    ("cpu", True, True, None, "bfloat16"), ("cpu", True, True, "refuse", "bfloat16"),
+    ("cpu", True, False, None, "float32"), ("cpu", True, False, "auto", "float32"),
+    ("cpu", True, False, "emulate", "bfloat16")])
+def test_training_precision_by_hand(device, amp, has_bf16, mode, expected, monkeypatch):
+    """What a run's summary records as its precision: the trainer amp_trainer builds in each case
+    (the table of test_amp_on_a_cpu_without_bfloat16_units, and Detectron2's float16 AMPTrainer)."""
+    monkeypatch.setattr(autocast, "cpu_has_bfloat16", lambda: has_bf16)
+    if mode is None:
+        monkeypatch.delenv(autocast.CPU_BF16_ENV, raising=False)
+    else:
+        monkeypatch.setenv(autocast.CPU_BF16_ENV, mode)
+    assert autocast.training_precision(device, amp) == expected
+
+
 def test_train_net_with_amp_and_channels_last(tmp_path):
     """A user's run with both keys on: finite losses, the bf16 trainer in use, evaluation works."""
     p = run_train_net("--config-file", "configs/synthetic/faster_rcnn.yaml", "SOLVER.AMP.ENABLED", "True",

@@ -30,6 +30,34 @@ def test_paired_difference_over_the_common_seeds(tmp_path, capsys):
     assert "| tweak | 4 | " in text and " 41.25 ± " in text
 
 
+AMP_CPU = "MODEL:\n  DEVICE: cpu\nSOLVER:\n  AMP:\n    ENABLED: true\n"
+
+
+@pytest.mark.parametrize("fields,note", [
+    ({}, None),  # no config recorded (the oldest summaries): float32, as asked
+    ({"config": AMP_CPU}, None),  # before runs recorded a machine: bfloat16, as asked
+    ({"config": AMP_CPU, "machine": {"bfloat16_units": True}}, None),
+    ({"config": AMP_CPU, "precision": "bfloat16"}, None),
+    ({"config": AMP_CPU, "precision": "float32"}, "`fallback` seeds 0, 1 trained in float32 where the config asks for bfloat16"),
+    ({"config": AMP_CPU, "machine": {"bfloat16_units": False}},
+     "`fallback` seeds 0, 1 recorded no precision, on a CPU without bfloat16 units where the config asks for bfloat16"),
+])
+def test_runs_trained_in_another_precision_are_named(tmp_path, capsys, fields, note):
+    """A bfloat16 config's runs that trained in float32 (FOCAL_RPN_CPU_BF16=auto on a CPU without
+    bfloat16 units) are named under the table, never mixed in silently."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for seed in (0, 1):
+        _write(a, seed, 10.0 + seed), _write(b, seed, 11.0 + seed)
+        path = b / f"seed{seed}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+    assert compare.main([str(a), str(b), "--names", "ref", "fallback"]) == 0
+    text = capsys.readouterr().out
+    if note is None:
+        assert "Precision:" not in text
+    else:
+        assert f"Precision: {note} (SOLVER.AMP.ENABLED on a CPU without bfloat16 units" in text
+
+
 def test_bad_folders_are_refused_with_their_names(tmp_path):
     good = tmp_path / "good"
     _write(good, 0, 10.0), _write(good, 1, 12.0)

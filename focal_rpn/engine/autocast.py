@@ -69,17 +69,30 @@ class CPUAutocastTrainer(SimpleTrainer):
             super().run_step()
 
 
+def training_precision(device_type: str, amp_enabled: bool) -> str:
+    """What a training on ``device_type`` ("cpu", "cuda") computes in, on this machine under today's
+    ``FOCAL_RPN_CPU_BF16``: "float32" without SOLVER.AMP.ENABLED; with it "float16" off the CPU
+    (Detectron2's AMPTrainer), on the CPU "bfloat16" where it has bfloat16 units or the variable
+    says ``emulate``, else "float32" (the fallback; under ``refuse`` the training does not start)."""
+    if not amp_enabled:
+        return "float32"
+    if device_type != "cpu":
+        return "float16"
+    return "bfloat16" if cpu_bf16_mode() == "emulate" or cpu_has_bfloat16() else "float32"
+
+
 def amp_trainer(model, data_loader, optimizer, **kwargs):
     """The trainer DefaultTrainer builds for SOLVER.AMP.ENABLED: Detectron2's AMPTrainer (float16,
-    GradScaler) for a CUDA model; for a CPU model :class:`CPUAutocastTrainer` (bfloat16) where the
-    CPU has bfloat16 units, else as :func:`cpu_bf16_mode` says (default: float32, SimpleTrainer)."""
+    GradScaler) for a CUDA model; for a CPU model :class:`CPUAutocastTrainer` (bfloat16) where
+    :func:`training_precision` says bfloat16, else float32 (SimpleTrainer) unless
+    :func:`cpu_bf16_mode` refuses."""
     device = next(model.parameters()).device
-    if device.type != "cpu":
+    precision = training_precision(device.type, True)
+    if precision == "float16":
         return AMPTrainer(model, data_loader, optimizer, **kwargs)
-    mode = cpu_bf16_mode()
-    if mode == "emulate" or cpu_has_bfloat16():
+    if precision == "bfloat16":
         return CPUAutocastTrainer(model, data_loader, optimizer, **kwargs)
-    if mode == "refuse":
+    if cpu_bf16_mode() == "refuse":
         raise RuntimeError(f"{no_cpu_bfloat16_message()}; {CPU_BF16_ENV}=refuse. Train on a CPU with "
                            f"them, set {CPU_BF16_ENV}=emulate to train in bfloat16 anyway, or "
                            "SOLVER.AMP.ENABLED False for a float32 run (another config)")

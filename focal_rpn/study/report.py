@@ -9,7 +9,7 @@ import statistics
 from typing import Dict, List
 
 from .stats import Interval, mean_ci, paired_difference, seeds_for_half_width, verdict
-from .summaries import Summaries
+from .summaries import Summaries, config_precision, precision
 
 METRICS = ["bbox/AP", "bbox/AP50", "bbox/AP75", "deeppcb/mAP", "deeppcb/F"]
 PROPOSAL_METRICS = ["box_proposals/AR@100", "box_proposals/AR@1000"]
@@ -48,6 +48,7 @@ def tabulate(summaries: List[dict], variants: List[str], reference: str, title: 
         cells = [_fmt(mean_ci([r["metrics"].get(m, math.nan) for r in runs])) for m in metrics]
         cells += [_fmt(mean_ci([r["s_per_iter"] for r in runs])), _fmt(mean_ci([r["peak_rss_mb"] for r in runs]), 0)]
         lines.append(f"| {v} | {len(runs)} | " + " | ".join(cells) + " |")
+    lines += precision_note(by)
     others = [v for v in present if v != reference]
     if others:  # a suite of one variant (a recipe's seeds) has nothing to pair
         lines += ["", f"Paired difference to `{reference}` (same seeds), mean ± 95% CI half-width; "
@@ -65,6 +66,25 @@ def tabulate(summaries: List[dict], variants: List[str], reference: str, title: 
         lines += [""] + reading(diffs, reference)
     lines += per_class_table(by, present, reference) + per_class_table(by, present, reference, "AP50")
     return "\n".join(lines) + "\n"
+
+
+def precision_note(by: Dict[str, Dict[int, dict]]) -> List[str]:
+    """A paragraph naming the runs that did not train in the precision their config asks for (a
+    bfloat16 config on a CPU without bfloat16 units under ``FOCAL_RPN_CPU_BF16=auto`` trains in
+    float32), so that a table never mixes precisions silently; nothing when every run did."""
+    odd: Dict[tuple, List[int]] = {}
+    for v, runs in by.items():
+        for seed, s in sorted(runs.items()):
+            got, asked = precision(s), config_precision(s)
+            if got != asked:
+                odd.setdefault((v, got, asked), []).append(seed)
+    if not odd:
+        return []
+    parts = [f"`{v}` seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} "
+             + (f"trained in {got}" if got != "unrecorded" else "recorded no precision, on a CPU without bfloat16 units")
+             + f" where the config asks for {asked}" for (v, got, asked), seeds in odd.items()]
+    return ["", "Precision: " + "; ".join(parts) + " (SOLVER.AMP.ENABLED on a CPU without bfloat16 units, "
+            "`FOCAL_RPN_CPU_BF16=auto`: docs/config.md)."]
 
 
 def per_class_table(by: Dict[str, Dict[int, dict]], present: List[str], reference: str,
@@ -182,12 +202,12 @@ def write_report(groups: Summaries, variants: List[str], reference: str, out_dir
         f.write(md)
     rows = [(s, "shipped") for s in groups.current] + [(s, d) for d, g in groups.earlier.items() for s in g]
     metrics = [m for m in METRICS + PROPOSAL_METRICS if any(m in s["metrics"] for s, _ in rows)]
-    keys = ["variant", "seed"] + metrics + ["iterations", "s_per_iter", "peak_rss_mb", "git_commit", "recipe"]
+    keys = ["variant", "seed"] + metrics + ["iterations", "s_per_iter", "peak_rss_mb", "git_commit", "precision", "recipe"]
     with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         for s, recipe in rows:
-            w.writerow({**{k: s["metrics"].get(k, s.get(k, "")) for k in keys[:-1]}, "recipe": recipe})
+            w.writerow({**{k: s["metrics"].get(k, s.get(k, "")) for k in keys[:-2]}, "precision": precision(s), "recipe": recipe})
     plotted = groups.current or next(iter(groups.earlier.values()), [])
     if plotted:
         _plot(plotted, variants, os.path.join(out_dir, "results.png"), title)

@@ -7,7 +7,8 @@ import sys
 import time
 from typing import List
 
-from ..engine.autocast import CPU_BF16_ENV, cpu_bf16_mode, cpu_has_bfloat16, no_cpu_bfloat16_message, refuse_fallback_env
+from ..engine.autocast import (CPU_BF16_ENV, cpu_bf16_mode, cpu_has_bfloat16, no_cpu_bfloat16_message, refuse_fallback_env,
+                               training_precision)
 from . import summaries as results, sweep
 from .report import write_report
 from .suites import REFERENCES, ROOT, Variant, run_config, run_dir
@@ -23,6 +24,9 @@ def summarize(variant: Variant, seed: int, opts: List[str], run_dir: str, peak_r
         "variant": variant.name, "seed": seed, "iterations": cfg.SOLVER.MAX_ITER,
         "s_per_iter": metrics.pop("s_per_iter"), "peak_rss_mb": peak_rss_mb, "wall_s": wall_s,
         **results.config_record(cfg, opts), "git_commit": results.git_commit(ROOT), "machine": results.machine(),
+        # what it trained in: a bfloat16 config trains in float32 on a CPU without bfloat16 units
+        # when FOCAL_RPN_CPU_BF16=auto is set (the training saw this process's environment or "refuse")
+        "precision": training_precision(cfg.MODEL.DEVICE.split(":")[0], cfg.SOLVER.AMP.ENABLED),
         "metrics": metrics,
     }
     if cfg.MODEL.ANCHOR_GENERATOR.FIT:  # the anchors the run fitted, from the config it wrote

@@ -4,7 +4,7 @@ holds, which config it ran, and reading them back (the tables and plots: :mod:`.
 One finished run leaves ``RESULTS/<dataset>/<suite>/<variant>/seed<K>.json``::
 
     {"variant", "seed", "iterations", "s_per_iter", "peak_rss_mb", "wall_s", "config_sha256",
-     "config", "opts", "git_commit", "machine", "metrics": {"bbox/AP": ..., "bbox/AP50": ..., ...}}
+     "config", "opts", "git_commit", "machine", "precision", "metrics": {"bbox/AP": ..., "bbox/AP50": ..., ...}}
 
 ``config`` is the dump of the run's config (:func:`comparable_config`) and ``config_sha256`` its
 SHA-256. A summary whose hash differs from what its variant builds today ran an *earlier recipe*:
@@ -291,6 +291,27 @@ def recipe_difference(summary: dict, today) -> str:
     value = lambda cfg, k: cfg.get(k, ADDED_KEYS.get(k, "<absent>"))  # noqa: E731
     keys = sorted(k for k in set(old) | set(new) if value(old, k) != value(new, k))
     return " ".join(f"{k} {json.dumps(v) if isinstance(v := value(old, k), (list, str)) else v}" for k in keys)
+
+
+def config_precision(summary: dict) -> str:
+    """The precision a summary's config asks for: "float32" without SOLVER.AMP.ENABLED, with it
+    "bfloat16" on the CPU and "float16" on a GPU (see focal_rpn.engine.autocast)."""
+    cfg = _flat(summary.get("config", ""))
+    if not cfg.get("SOLVER.AMP.ENABLED", False):
+        return "float32"
+    return "bfloat16" if str(cfg.get("MODEL.DEVICE", "cuda")).split(":")[0] == "cpu" else "float16"
+
+
+def precision(summary: dict) -> str:
+    """What a run trained in (``precision``). Summaries written before runs recorded it trained in
+    what their config asks for, unless their machine had no bfloat16 units and the config asks for
+    bfloat16: those may have fallen back to float32, and read "unrecorded"."""
+    if "precision" in summary:
+        return summary["precision"]
+    asked = config_precision(summary)
+    if asked == "bfloat16" and not summary.get("machine", {}).get("bfloat16_units", True):
+        return "unrecorded"
+    return asked
 
 
 class Summaries(NamedTuple):
