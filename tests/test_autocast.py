@@ -164,14 +164,18 @@ def test_amp_on_a_cpu_without_bfloat16_units(has_bf16, mode, expected, monkeypat
     ("cpu", True, False, None, "float32"), ("cpu", True, False, "auto", "float32"),
     ("cpu", True, False, "emulate", "bfloat16")])
 def test_training_precision_by_hand(device, amp, has_bf16, mode, expected, monkeypatch):
-    """What a run's summary records as its precision: the trainer amp_trainer builds in each case
-    (the table of test_amp_on_a_cpu_without_bfloat16_units, and Detectron2's float16 AMPTrainer)."""
+    """What a run's summary records as its precision, by hand, and for a CPU with SOLVER.AMP.ENABLED
+    the trainer amp_trainer really builds there (bfloat16 autocast or plain float32)."""
     monkeypatch.setattr(autocast, "cpu_has_bfloat16", lambda: has_bf16)
     if mode is None:
         monkeypatch.delenv(autocast.CPU_BF16_ENV, raising=False)
     else:
         monkeypatch.setenv(autocast.CPU_BF16_ENV, mode)
     assert autocast.training_precision(device, amp) == expected
+    if device == "cpu" and amp:
+        model = torch.nn.Linear(2, 2)
+        trainer = amp_trainer(model, [], torch.optim.SGD(model.parameters(), lr=0.1))
+        assert type(trainer) is {"bfloat16": CPUAutocastTrainer, "float32": SimpleTrainer}[expected]
 
 
 def test_train_net_with_amp_and_channels_last(tmp_path):

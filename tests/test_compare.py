@@ -40,7 +40,7 @@ AMP_CPU = "MODEL:\n  DEVICE: cpu\nSOLVER:\n  AMP:\n    ENABLED: true\n"
     ({"config": AMP_CPU, "precision": "bfloat16"}, None),
     ({"config": AMP_CPU, "precision": "float32"}, "`fallback` seeds 0, 1 trained in float32 where the config asks for bfloat16"),
     ({"config": AMP_CPU, "machine": {"bfloat16_units": False}},
-     "`fallback` seeds 0, 1 recorded no precision, on a CPU without bfloat16 units where the config asks for bfloat16"),
+     "`fallback` seeds 0, 1 recorded no precision where the config asks for bfloat16"),
 ])
 def test_runs_trained_in_another_precision_are_named(tmp_path, capsys, fields, note):
     """A bfloat16 config's runs that trained in float32 (FOCAL_RPN_CPU_BF16=auto on a CPU without

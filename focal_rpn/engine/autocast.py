@@ -69,16 +69,23 @@ class CPUAutocastTrainer(SimpleTrainer):
             super().run_step()
 
 
-def training_precision(device_type: str, amp_enabled: bool) -> str:
-    """What a training on ``device_type`` ("cpu", "cuda") computes in, on this machine under today's
-    ``FOCAL_RPN_CPU_BF16``: "float32" without SOLVER.AMP.ENABLED; with it "float16" off the CPU
-    (Detectron2's AMPTrainer), on the CPU "bfloat16" where it has bfloat16 units or the variable
-    says ``emulate``, else "float32" (the fallback; under ``refuse`` the training does not start)."""
+def requested_precision(device_type: str, amp_enabled: bool) -> str:
+    """What a config asks a training on ``device_type`` ("cpu", "cuda") to compute in: "float32"
+    without SOLVER.AMP.ENABLED; with it "float16" off the CPU (Detectron2's AMPTrainer) and
+    "bfloat16" on the CPU (:class:`CPUAutocastTrainer`)."""
     if not amp_enabled:
         return "float32"
-    if device_type != "cpu":
-        return "float16"
-    return "bfloat16" if cpu_bf16_mode() == "emulate" or cpu_has_bfloat16() else "float32"
+    return "bfloat16" if device_type == "cpu" else "float16"
+
+
+def training_precision(device_type: str, amp_enabled: bool) -> str:
+    """What such a training computes in on this machine under today's ``FOCAL_RPN_CPU_BF16``: the
+    requested precision, except bfloat16 on a CPU without bfloat16 units unless the variable says
+    ``emulate``, which is "float32" (the fallback; under ``refuse`` the training does not start)."""
+    asked = requested_precision(device_type, amp_enabled)
+    if asked == "bfloat16" and not (cpu_bf16_mode() == "emulate" or cpu_has_bfloat16()):
+        return "float32"
+    return asked
 
 
 def amp_trainer(model, data_loader, optimizer, **kwargs):

@@ -81,7 +81,7 @@ def precision_note(by: Dict[str, Dict[int, dict]]) -> List[str]:
     if not odd:
         return []
     parts = [f"`{v}` seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} "
-             + (f"trained in {got}" if got != "unrecorded" else "recorded no precision, on a CPU without bfloat16 units")
+             + (f"trained in {got}" if got != "unrecorded" else "recorded no precision")
              + f" where the config asks for {asked}" for (v, got, asked), seeds in odd.items()]
     return ["", "Precision: " + "; ".join(parts) + " (SOLVER.AMP.ENABLED on a CPU without bfloat16 units, "
             "`FOCAL_RPN_CPU_BF16=auto`: docs/config.md)."]

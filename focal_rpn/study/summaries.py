@@ -294,12 +294,12 @@ def recipe_difference(summary: dict, today) -> str:
 
 
 def config_precision(summary: dict) -> str:
-    """The precision a summary's config asks for: "float32" without SOLVER.AMP.ENABLED, with it
-    "bfloat16" on the CPU and "float16" on a GPU (see focal_rpn.engine.autocast)."""
+    """The precision a summary's config asks for (focal_rpn.engine.autocast.requested_precision);
+    "float32" for a summary that recorded no config."""
+    from ..engine.autocast import requested_precision
+
     cfg = _flat(summary.get("config", ""))
-    if not cfg.get("SOLVER.AMP.ENABLED", False):
-        return "float32"
-    return "bfloat16" if str(cfg.get("MODEL.DEVICE", "cuda")).split(":")[0] == "cpu" else "float16"
+    return requested_precision(str(cfg.get("MODEL.DEVICE", "cuda")).split(":")[0], bool(cfg.get("SOLVER.AMP.ENABLED", False)))
 
 
 def precision(summary: dict) -> str:
