@@ -70,6 +70,7 @@ def test_retinanet_suite_seeds_report_and_stale_runs(tmp_path, capsys):
     assert [(r["variant"], r["seed"]) for r in rows] == [("ce", "0"), ("ce", "1"), ("gamma_2", "0")]
     md = (res / "synthetic" / "retinanet" / "results.md").read_text()
     assert "| ce | 2 |" in md and "| ce | 1 |" in md  # 2 seeds; 1 of them paired with gamma_2
+    assert "retinanet suite on synthetic: the shipped configs with `--opts SOLVER.MAX_ITER 2 SOLVER.CHECKPOINT_PERIOD 100`" in md
     # --report rebuilds the same files from the summaries alone (run folders deleted)
     shutil.rmtree(tmp_path / "runs")
     (res / "synthetic" / "retinanet" / "results.md").unlink()

@@ -6,7 +6,7 @@ import csv
 import math
 import os
 import statistics
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from .stats import Interval, mean_ci, paired_difference, seeds_for_half_width, verdict
 from .summaries import Summaries, config_precision, precision
@@ -176,11 +176,13 @@ def power(diffs: Dict[str, Dict[str, Interval]], metric: str = "bbox/AP", target
             + (f"about {need} seeds" if need else f"more than {most} seeds")]
 
 
-def report_markdown(groups: Summaries, variants: List[str], reference: str, title: str) -> str:
-    """The tables of today's configs, the failed runs, then one set of tables per earlier recipe."""
+def report_markdown(groups: Summaries, variants: List[str], reference: str, title: str, opts: Sequence[str] = ()) -> str:
+    """The tables of today's configs (with the ``--opts`` they ran under, if any), the failed runs,
+    then one set of tables per earlier recipe."""
     parts = []
     if groups.current:
-        parts.append(tabulate(groups.current, variants, reference, f"{title}: the shipped configs"))
+        shipped = "the shipped configs" + (f" with `--opts {' '.join(opts)}`" if opts else "")
+        parts.append(tabulate(groups.current, variants, reference, f"{title}: {shipped}"))
     if groups.failed:
         parts.append("Failed runs (left out of the means; `--retry-failed` runs them again):\n\n" + "\n".join(
             f"- {s['variant']} seed {s['seed']}: {s['failed']['cause']} at iteration {s['failed']['iteration']} "
@@ -192,12 +194,13 @@ def report_markdown(groups: Summaries, variants: List[str], reference: str, titl
     return "\n".join(parts)
 
 
-def write_report(groups: Summaries, variants: List[str], reference: str, out_dir: str, title: str) -> str:
+def write_report(groups: Summaries, variants: List[str], reference: str, out_dir: str, title: str,
+                 opts: Sequence[str] = ()) -> str:
     """Writes results.md (see :func:`report_markdown`), results.csv (one row per run, with the
     recipe it ran) and results.png (AP50 and AP, means with 95% CIs, of today's configs, or else of
     the first earlier recipe) into ``out_dir``. Returns the markdown."""
     os.makedirs(out_dir, exist_ok=True)
-    md = report_markdown(groups, variants, reference, title)
+    md = report_markdown(groups, variants, reference, title, opts)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(md)
     rows = [(s, "shipped") for s in groups.current] + [(s, d) for d, g in groups.earlier.items() for s in g]

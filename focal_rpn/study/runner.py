@@ -98,7 +98,7 @@ def report(variants: List[Variant], suite: str, dataset: str, results_dir: str, 
     out_dir = os.path.join(results_dir, dataset, suite)
     if not (groups.current or groups.earlier or groups.failed):
         raise SystemExit(f"no summary under {out_dir}: nothing to report")
-    md = write_report(groups, names, REFERENCES[suite], out_dir, f"{suite} suite on {dataset}")
+    md = write_report(groups, names, REFERENCES[suite], out_dir, f"{suite} suite on {dataset}", opts)
     if suite in sweep.SPECS:  # and its own reading: the gain of focal loss against the measured imbalance
         section = sweep.write(groups.current, out_dir, f"imbalance sweep ({suite}) on {dataset}", suite)
         md += "\n" + section
