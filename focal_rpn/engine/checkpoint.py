@@ -4,6 +4,8 @@ import os
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..modeling.test_time_augmentation import DetectorWithTTA
+
 
 class CheckedCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer whose unreadable files (truncated, not a checkpoint) raise an error
@@ -58,7 +60,8 @@ def load_weights_strict(model, path: str, save_dir: str = "") -> None:
 
 def strict_predictor(cfg):
     """Detectron2's DefaultPredictor (test-size resize, input format) with MODEL.WEIGHTS loaded by
-    :func:`load_weights_strict`, so that a wrong or unreadable checkpoint is an error naming it."""
+    :func:`load_weights_strict`, so that a wrong or unreadable checkpoint is an error naming it; its
+    model wrapped in :class:`DetectorWithTTA` when TEST.TTA.ENABLED."""
     from detectron2.engine import DefaultPredictor
 
     no_weights = cfg.clone()
@@ -66,4 +69,6 @@ def strict_predictor(cfg):
     no_weights.MODEL.WEIGHTS = ""
     predictor = DefaultPredictor(no_weights)
     load_weights_strict(predictor.model, cfg.MODEL.WEIGHTS)
+    if cfg.TEST.TTA.ENABLED:
+        predictor.model = DetectorWithTTA(cfg, predictor.model)
     return predictor

@@ -14,6 +14,7 @@ from ..data import CheckedDatasetMapper, build_train_augmentations, check_datase
 from ..layers.channels_last import to_channels_last
 from ..layers.gather_roi_align import use_roi_align
 from ..layers.image_threads import split_images
+from ..modeling.test_time_augmentation import DetectorWithTTA
 from .autocast import amp_trainer
 from .checkpoint import CheckedCheckpointer
 from .weight_average import WeightAverage
@@ -62,6 +63,17 @@ class Trainer(DefaultTrainer):
             to_channels_last(model)
         # gather levels first: split_images leaves all but torchvision's RoIAlign as they are
         return split_images(use_roi_align(model, cfg.MODEL.ROI_ALIGN_IMPL), cfg.MODEL.IMAGE_THREADS)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer.test, of the detector wrapped in :class:`DetectorWithTTA` when
+        TEST.TTA.ENABLED."""
+        if cfg.TEST.AUG.ENABLED:
+            raise ValueError("TEST.AUG.ENABLED: Detectron2's test-time augmentation (R-CNN only) is run by its own "
+                             "tools/train_net.py, not by this trainer; use TEST.TTA.ENABLED (any detector)")
+        if cfg.TEST.TTA.ENABLED:
+            model = DetectorWithTTA(cfg, model)
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -1,0 +1,118 @@
+"""TEST.TTA: the views map back to the image, box voting by hand, and the evaluation and predict use it."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_repo_config
+from detectron2.structures import Boxes, Instances
+from torch import nn
+
+from focal_rpn.engine import Trainer, load_weights_strict
+from focal_rpn.engine.checkpoint import strict_predictor
+from focal_rpn.modeling.test_time_augmentation import (DIHEDRAL_VIEWS, DetectorWithTTA, merge_detections,
+                                                       unview_boxes, view_image)
+
+SYNTH = "configs/synthetic/retinanet.yaml"
+
+
+class BrightBoxDetector(nn.Module):
+    """Detects the bounding box of the image's bright pixels, found with numpy in the image it is given."""
+
+    def forward(self, batched_inputs):
+        outs = []
+        for d in batched_inputs:
+            img = d["image"].numpy()
+            assert img.shape[1:] == (d["height"], d["width"])
+            ys, xs = np.nonzero(img[0] > 0)
+            inst = Instances((d["height"], d["width"]))
+            inst.pred_boxes = Boxes(torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32))
+            inst.scores, inst.pred_classes = torch.tensor([0.9]), torch.tensor([1])
+            outs.append({"instances": inst})
+        return outs
+
+
+def bright_image():
+    """(3, 40, 60) zeros with a bright 20 x 8 rectangle at x 5..25, y 10..18 (not centred: every view differs)."""
+    img = torch.zeros(3, 40, 60)
+    img[:, 10:18, 5:25] = 1.0
+    return img
+
+
+@pytest.mark.parametrize("view", DIHEDRAL_VIEWS)
+def test_each_view_maps_its_detection_back_to_the_image(view):
+    img = bright_image()
+    seen = view_image(img, view)
+    assert seen.shape[1:] == ((60, 40) if view[2] else (40, 60))
+    det = BrightBoxDetector()([{"image": seen, "height": seen.shape[1], "width": seen.shape[2]}])[0]["instances"]
+    assert unview_boxes(det.pred_boxes.tensor, view, 40, 60).tolist() == [[5.0, 10.0, 25.0, 18.0]]
+
+
+def test_the_eight_views_are_the_flips_and_quarter_turns():
+    img = torch.arange(12.0).reshape(1, 3, 4)  # no symmetry: 8 distinct images
+    seen = {tuple(view_image(img, v).flatten().tolist()) + tuple(view_image(img, v).shape) for v in DIHEDRAL_VIEWS}
+    turns = {tuple(torch.rot90(f, k, (1, 2)).flatten().tolist()) + tuple(torch.rot90(f, k, (1, 2)).shape)
+             for f in (img, img.flip(2)) for k in range(4)}
+    assert seen == turns
+
+
+@pytest.mark.parametrize("views", [1, 2, 4, 8])
+def test_the_wrapper_returns_the_objects_box_from_every_view(views):
+    tta = DetectorWithTTA(BrightBoxDetector(), views=views, nms_thresh=0.5, max_dets=100, merge="vote", vote_iou=0.6)
+    inst = tta([{"image": bright_image(), "height": 40, "width": 60}])[0]["instances"]
+    assert inst.image_size == (40, 60)
+    assert inst.pred_boxes.tensor.tolist() == [pytest.approx([5.0, 10.0, 25.0, 18.0])]  # a mean of equal boxes
+    assert inst.scores.tolist() == pytest.approx([0.9])
+
+
+def test_box_voting_by_hand():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [2, 2, 12, 12], [1, 1, 11, 11], [50, 50, 60, 60]])
+    scores = torch.tensor([0.9, 0.6, 0.3, 0.8, 0.7])
+    classes = torch.tensor([0, 0, 0, 1, 0])
+    # NMS at 0.5: [1,1,11,11] (IoU 81/119 = 0.68 with the first) goes; [2,2,12,12] (IoU 64/136 = 0.47) stays
+    b, s, c = merge_detections(boxes, scores, classes, 0.5, 100, rule="nms")
+    assert b.tolist() == [[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [2, 2, 12, 12]]
+    assert s.tolist() == pytest.approx([0.9, 0.8, 0.7, 0.3]) and c.tolist() == [0, 1, 0, 0]
+    # voting at 0.6: the first box takes the mean of itself (0.9) and the suppressed [1,1,11,11] (0.6),
+    # not of [2,2,12,12] (IoU 0.47) nor of class 1's box; [2,2,12,12] (0.3) also takes the suppressed
+    # box (IoU 0.68): (0.3 * 2 + 0.6 * 1) / 0.9 = 4/3; class 1's and the far box have no neighbour
+    b, s, c = merge_detections(boxes, scores, classes, 0.5, 100, rule="vote", vote_iou=0.6)
+    assert b[0].tolist() == pytest.approx([0.4, 0.4, 10.4, 10.4])
+    assert b[1:3].tolist() == [[1, 1, 11, 11], [50, 50, 60, 60]]
+    assert b[3].tolist() == pytest.approx([4 / 3, 4 / 3, 34 / 3, 34 / 3])
+    assert s.tolist() == pytest.approx([0.9, 0.8, 0.7, 0.3])
+    # max_dets keeps the best scores
+    assert merge_detections(boxes, scores, classes, 0.5, 2, rule="vote")[1].tolist() == pytest.approx([0.9, 0.8])
+
+
+def test_bad_settings_name_the_key():
+    with pytest.raises(ValueError, match="TEST.TTA.VIEWS=9"):
+        DetectorWithTTA(BrightBoxDetector(), views=9, nms_thresh=0.5, max_dets=100, merge="vote", vote_iou=0.6)
+    with pytest.raises(ValueError, match="TEST.TTA.MERGE='mean'"):
+        DetectorWithTTA(BrightBoxDetector(), views=8, nms_thresh=0.5, max_dets=100, merge="mean", vote_iou=0.6)
+
+
+def test_evaluation_and_predict_use_tta(trained, tmp_path):
+    out, _ = trained
+    weights = os.path.join(out, "model_final.pth")
+    plain = load_repo_config(SYNTH, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "plain"))
+    model = Trainer.build_model(plain)
+    load_weights_strict(model, weights)
+    model.eval()
+    reference = Trainer.test(plain, model)["bbox"]
+    assert np.isfinite(reference["AP"])
+    # one view, NMS at the detector's own threshold: the detector's detections again, the same AP
+    one = load_repo_config(SYNTH, "OUTPUT_DIR", str(tmp_path / "one"), "TEST.TTA.ENABLED", "True", "TEST.TTA.VIEWS", "1",
+                           "TEST.TTA.MERGE", "nms", "TEST.TTA.NMS_THRESH", str(plain.MODEL.RETINANET.NMS_THRESH_TEST))
+    assert Trainer.test(one, model)["bbox"] == pytest.approx(reference, nan_ok=True)
+    eight = load_repo_config(SYNTH, "OUTPUT_DIR", str(tmp_path / "eight"), "TEST.TTA.ENABLED", "True")
+    result = Trainer.test(eight, model)["bbox"]
+    assert np.isfinite(result["AP"]) and result["AP"] != reference["AP"]
+    aug = load_repo_config(SYNTH, "OUTPUT_DIR", str(tmp_path / "aug"), "TEST.AUG.ENABLED", "True")
+    with pytest.raises(ValueError, match="TEST.TTA.ENABLED"):
+        Trainer.test(aug, model)
+    eight.MODEL.WEIGHTS = weights
+    predictor = strict_predictor(eight)
+    assert isinstance(predictor.model, DetectorWithTTA)
+    inst = predictor(np.zeros((100, 80, 3), dtype=np.uint8))["instances"]
+    assert inst.image_size == (100, 80) and len(inst) <= eight.TEST.DETECTIONS_PER_IMAGE
