@@ -116,3 +116,15 @@ def test_evaluation_and_predict_use_tta(trained, tmp_path):
     assert isinstance(predictor.model, DetectorWithTTA)
     inst = predictor(np.zeros((100, 80, 3), dtype=np.uint8))["instances"]
     assert inst.image_size == (100, 80) and len(inst) <= eight.TEST.DETECTIONS_PER_IMAGE
+
+
+def test_tta_off_leaves_the_config_hash_of_older_runs():
+    """Summaries made before TEST.TTA existed stay current while it is off; on, it is another run."""
+    from focal_rpn.study.summaries import config_sha256
+
+    off = load_repo_config("configs/bccd/retinanet.yaml")
+    before_the_keys = off.clone()
+    del before_the_keys.TEST["TTA"]
+    assert config_sha256(off) == config_sha256(before_the_keys)
+    assert config_sha256(load_repo_config("configs/bccd/retinanet.yaml", "TEST.TTA.VIEWS", "2")) == config_sha256(off)
+    assert config_sha256(load_repo_config("configs/bccd/retinanet.yaml", "TEST.TTA.ENABLED", "True")) != config_sha256(off)

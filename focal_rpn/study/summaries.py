@@ -31,7 +31,7 @@ RESULT_NEUTRAL_KEYS = ("MODEL.IMAGE_THREADS",)
 
 # Config nodes of features added after runs were made, left out of the hash while their ENABLED is
 # False: a switched-off feature is the run as it was before the keys existed, so it stays current.
-SWITCHED_OFF_NODES = ("SOLVER.WEIGHT_AVERAGE",)
+SWITCHED_OFF_NODES = ("SOLVER.WEIGHT_AVERAGE", "TEST.TTA")
 
 # Keys added after runs were made, left out of the hash while they hold the value that builds what
 # those runs built (their default): such a run is the run as it was before the key existed.
