@@ -142,8 +142,8 @@ def add_focal_rpn_config(cfg):
     _C.INPUT.COLOR_JITTER = 0.0
 
     # ---- Test-time augmentation (focal_rpn/modeling/test_time_augmentation.py) ----
-    # True: the evaluation (Trainer.test, --eval-only, the study's summaries) and predict see each
-    # test image in VIEWS views and merge their detections. For any detector; Detectron2's TEST.AUG
+    # True: the evaluation (Trainer.test, --eval-only, the study's summaries), predict and visualize
+    # see each test image in VIEWS views and merge their detections (export refuses it). For any detector; Detectron2's TEST.AUG
     # (R-CNN only, in its tools/train_net.py) is not read by this project's trainer.
     _C.TEST.TTA = CN()
     _C.TEST.TTA.ENABLED = False

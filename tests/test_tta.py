@@ -128,3 +128,11 @@ def test_tta_off_leaves_the_config_hash_of_older_runs():
     assert config_sha256(off) == config_sha256(before_the_keys)
     assert config_sha256(load_repo_config("configs/bccd/retinanet.yaml", "TEST.TTA.VIEWS", "2")) == config_sha256(off)
     assert config_sha256(load_repo_config("configs/bccd/retinanet.yaml", "TEST.TTA.ENABLED", "True")) != config_sha256(off)
+
+
+def test_export_refuses_tta(tmp_path):
+    from focal_rpn.tools import export
+
+    cfg = load_repo_config(SYNTH, "TEST.TTA.ENABLED", "True")
+    with pytest.raises(ValueError, match="TEST.TTA.ENABLED: the exported file holds the detector of one view"):
+        export.export(cfg, torch.zeros(3, 64, 64, dtype=torch.uint8), str(tmp_path / "m.ts"))

@@ -37,6 +37,9 @@ def _inference(model, inputs):
 def export(cfg, sample, output: str, atol: float = 1e-3) -> dict:
     """Traces the model of ``cfg`` on ``sample`` (a (3, H, W) tensor), saves it to ``output``,
     reloads it and checks it against eager. Returns {"detections": n, "max_abs_diff": d}."""
+    if cfg.TEST.TTA.ENABLED:
+        raise ValueError("TEST.TTA.ENABLED: the exported file holds the detector of one view; export without "
+                         "it (the views are a loop around the model: focal_rpn/modeling/test_time_augmentation.py)")
     model = Trainer.build_model(cfg).eval()
     load_weights_strict(model, cfg.MODEL.WEIGHTS)
     with torch.no_grad():
