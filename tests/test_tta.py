@@ -81,6 +81,10 @@ def test_box_voting_by_hand():
     assert b[1:3].tolist() == [[1, 1, 11, 11], [50, 50, 60, 60]]
     assert b[3].tolist() == pytest.approx([4 / 3, 4 / 3, 34 / 3, 34 / 3])
     assert s.tolist() == pytest.approx([0.9, 0.8, 0.7, 0.3])
+    # scores of 0 (a score threshold of 0): the boxes as they are, not 0 / 0
+    b, s, c = merge_detections(boxes, torch.zeros(5), classes, 0.5, 100, rule="vote")
+    assert len(b) and torch.isfinite(b).all()
+    assert all(row in boxes.tolist() for row in b.tolist())  # kept as they are: no mean was taken
     # max_dets keeps the best scores
     assert merge_detections(boxes, scores, classes, 0.5, 2, rule="vote")[1].tolist() == pytest.approx([0.9, 0.8])
 

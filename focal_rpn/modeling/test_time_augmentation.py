@@ -66,7 +66,9 @@ def merge_detections(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.T
     if rule == "vote" and len(keep):
         same = (classes[keep][:, None] == classes[None, :]) & (pairwise_iou(Boxes(kept), Boxes(boxes)) > vote_iou)
         weights = same.to(scores.dtype) * scores[None, :]  # (K, N)
-        kept = weights @ boxes / weights.sum(1, keepdim=True)
+        total = weights.sum(1, keepdim=True)
+        # a cluster whose scores are all 0 (SCORE_THRESH_TEST 0 with underflowed sigmoids) keeps its box
+        kept = torch.where(total > 0, weights @ boxes / total.clamp(min=torch.finfo(scores.dtype).tiny), kept)
     return kept, scores[keep], classes[keep]
 
 
