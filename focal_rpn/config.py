@@ -143,12 +143,14 @@ def add_focal_rpn_config(cfg):
 
     # ---- Test-time augmentation (focal_rpn/modeling/test_time_augmentation.py) ----
     # True: the evaluation (Trainer.test, --eval-only, the study's summaries), predict and visualize
-    # see each test image in VIEWS views and merge their detections (export refuses it). For any detector; Detectron2's TEST.AUG
-    # (R-CNN only, in its tools/train_net.py) is not read by this project's trainer.
+    # see each test image in VIEWS views and merge their detections (export refuses it). For any
+    # detector; Detectron2's TEST.AUG (R-CNN only, in its tools/train_net.py) is refused instead.
     _C.TEST.TTA = CN()
     _C.TEST.TTA.ENABLED = False
-    # The first VIEWS of: as is, flipped left-right, up-down, both, and those four transposed
-    # (8 = every flip and quarter turn: data without an "up", as blood smears and aerial photographs).
+    # The first VIEWS of: as is, mirrored left-right, a half turn, a half turn mirrored (= flipped
+    # up-down), then the quarter and three-quarter turns, each as is and mirrored. 2: the image and
+    # its mirror; 4: every flip; 8: every flip and quarter turn (data without an "up", as blood
+    # smears, circuit boards and aerial photographs).
     _C.TEST.TTA.VIEWS = 8
     # Class-wise NMS over the views' detections at this IoU, keeping TEST.DETECTIONS_PER_IMAGE.
     _C.TEST.TTA.NMS_THRESH = 0.5

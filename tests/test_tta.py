@@ -11,7 +11,7 @@ from torch import nn
 from focal_rpn.engine import Trainer, load_weights_strict
 from focal_rpn.engine.checkpoint import strict_predictor
 from focal_rpn.modeling.test_time_augmentation import (DIHEDRAL_VIEWS, DetectorWithTTA, merge_detections,
-                                                       unview_boxes, view_image)
+                                                       view_image, view_transform)
 
 SYNTH = "configs/synthetic/retinanet.yaml"
 
@@ -42,18 +42,24 @@ def bright_image():
 @pytest.mark.parametrize("view", DIHEDRAL_VIEWS)
 def test_each_view_maps_its_detection_back_to_the_image(view):
     img = bright_image()
-    seen = view_image(img, view)
-    assert seen.shape[1:] == ((60, 40) if view[2] else (40, 60))
+    t = view_transform(view, 40, 60)
+    seen = view_image(img, t)
+    assert seen.shape[1:] == ((60, 40) if view[0] % 2 else (40, 60))
     det = BrightBoxDetector()([{"image": seen, "height": seen.shape[1], "width": seen.shape[2]}])[0]["instances"]
-    assert unview_boxes(det.pred_boxes.tensor, view, 40, 60).tolist() == [[5.0, 10.0, 25.0, 18.0]]
+    assert t.inverse().apply_box(det.pred_boxes.tensor.numpy()).tolist() == [[5.0, 10.0, 25.0, 18.0]]
 
 
 def test_the_eight_views_are_the_flips_and_quarter_turns():
     img = torch.arange(12.0).reshape(1, 3, 4)  # no symmetry: 8 distinct images
-    seen = {tuple(view_image(img, v).flatten().tolist()) + tuple(view_image(img, v).shape) for v in DIHEDRAL_VIEWS}
+    views = [view_image(img, view_transform(v, 3, 4)) for v in DIHEDRAL_VIEWS]
+    seen = {tuple(x.flatten().tolist()) + tuple(x.shape) for x in views}
     turns = {tuple(torch.rot90(f, k, (1, 2)).flatten().tolist()) + tuple(torch.rot90(f, k, (1, 2)).shape)
              for f in (img, img.flip(2)) for k in range(4)}
     assert seen == turns
+    # VIEWS 2: the image and its mirror; VIEWS 4: every flip (TEST.TTA.VIEWS's documented prefixes)
+    key = lambda x: tuple(x.flatten().tolist()) + tuple(x.shape)  # noqa: E731
+    assert [key(x) for x in views[:2]] == [key(img), key(img.flip(2))]
+    assert {key(x) for x in views[:4]} == {key(img), key(img.flip(2)), key(img.flip(1)), key(img.flip(1).flip(2))}
 
 
 @pytest.mark.parametrize("views", [1, 2, 4, 8])
@@ -115,6 +121,8 @@ def test_evaluation_and_predict_use_tta(trained, tmp_path):
     aug = load_repo_config(SYNTH, "OUTPUT_DIR", str(tmp_path / "aug"), "TEST.AUG.ENABLED", "True")
     with pytest.raises(ValueError, match="TEST.TTA.ENABLED"):
         Trainer.test(aug, model)
+    with pytest.raises(ValueError, match="TEST.TTA.ENABLED"):  # a training is refused before it starts
+        Trainer(aug)
     eight.MODEL.WEIGHTS = weights
     predictor = strict_predictor(eight)
     assert isinstance(predictor.model, DetectorWithTTA)

@@ -30,6 +30,14 @@ def create_ddp_model(model, **kwargs):
     return _d2_create_ddp_model(model, **kwargs)
 
 
+def refuse_test_aug(cfg):
+    """TEST.AUG.ENABLED is an error: Detectron2 runs that test-time augmentation (R-CNN only) in its own
+    tools/train_net.py, which this trainer is not, so it would be silently ignored."""
+    if cfg.TEST.AUG.ENABLED:
+        raise ValueError("TEST.AUG.ENABLED: Detectron2's test-time augmentation (R-CNN only) is run by its own "
+                         "tools/train_net.py, not by this trainer; use TEST.TTA.ENABLED (any detector)")
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer that checks its datasets up front, evaluates with COCOEvaluator (and DeepPCB's
     AP at IoU 0.33 on its splits), trains
@@ -39,6 +47,7 @@ class Trainer(DefaultTrainer):
     SOLVER.WEIGHT_AVERAGE.ENABLED."""
 
     def __init__(self, cfg):
+        refuse_test_aug(cfg)  # before training, not at its final evaluation
         for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
             check_dataset(name)
         with mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model), \
@@ -68,9 +77,7 @@ class Trainer(DefaultTrainer):
     def test(cls, cfg, model, evaluators=None):
         """DefaultTrainer.test, of the detector wrapped in :class:`DetectorWithTTA` when
         TEST.TTA.ENABLED."""
-        if cfg.TEST.AUG.ENABLED:
-            raise ValueError("TEST.AUG.ENABLED: Detectron2's test-time augmentation (R-CNN only) is run by its own "
-                             "tools/train_net.py, not by this trainer; use TEST.TTA.ENABLED (any detector)")
+        refuse_test_aug(cfg)
         if cfg.TEST.TTA.ENABLED:
             model = DetectorWithTTA(cfg, model)
         return super().test(cfg, model, evaluators)

@@ -1,9 +1,9 @@
 """Test-time augmentation by the symmetries of the image (``TEST.TTA``), for any detector.
 
-The detector sees each test image in up to 8 views: as it is, flipped left-right, flipped up-down,
-both, and the same four transposed (the dihedral group of the square: the flips and quarter turns
-that the BCCD and trees recipes train with). Each view's detections are mapped back to the image
-and merged: class-wise NMS over all of them, then, with ``MERGE "vote"``, each kept box replaced by
+The detector sees each test image in up to 8 views: every quarter turn, each also flipped
+left-right (the dihedral group of the square: the flips and quarter turns that the BCCD, DeepPCB
+and trees recipes train with), made by the training augmentations' transforms. Each view's
+detections are mapped back to the image by the inverse transform and merged: class-wise NMS over all of them, then, with ``MERGE "vote"``, each kept box replaced by
 the score-weighted mean of the same-class boxes that overlap it by more than ``VOTE_IOU`` (box
 voting: the views disagree by a few pixels, and their mean localises better than any one of
 them). The kept box's score is unchanged.
@@ -15,44 +15,36 @@ replaces the evaluation it is configured for (``Trainer.test``, ``predict``).
 """
 from typing import List, Tuple
 
+import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances, pairwise_iou
+from fvcore.transforms.transform import HFlipTransform, TransformList
 from torch import nn
 
-# (flip left-right, flip up-down, transpose); the first VIEWS of these are used
-DIHEDRAL_VIEWS = ((False, False, False), (True, False, False), (False, True, False), (True, True, False),
-                  (False, False, True), (True, False, True), (False, True, True), (True, True, True))
+from ..data.transforms import Rotate90Transform
+
+# (quarter turns counter-clockwise, then a left-right flip): the dihedral group of the square,
+# ordered so that the first 2 are the image and its mirror, the first 4 every flip (a half turn is
+# both flips), all 8 every flip and quarter turn; the first VIEWS of these are used
+DIHEDRAL_VIEWS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
 MERGE_RULES = ("nms", "vote")
 
 
-def view_image(image: torch.Tensor, view: Tuple[bool, bool, bool]) -> torch.Tensor:
-    """``image`` (C, H, W) as the view sees it: transposed to (C, W, H) first, then flipped."""
-    hflip, vflip, transpose = view
-    if transpose:
-        image = image.transpose(1, 2)
-    if hflip:
-        image = image.flip(2)
-    if vflip:
-        image = image.flip(1)
-    return image
+def view_transform(view: Tuple[int, bool], height: int, width: int) -> TransformList:
+    """The view of an image of ``height`` x ``width`` as a transform: the training augmentation's
+    :class:`~focal_rpn.data.transforms.Rotate90Transform` by ``view[0]`` quarter turns, then a
+    left-right flip if ``view[1]``; its ``inverse().apply_box`` maps detections back."""
+    turns, flip = view
+    out_w = height if turns % 2 else width
+    return TransformList([Rotate90Transform(turns, height, width)] + ([HFlipTransform(out_w)] if flip else []))
 
 
-def unview_boxes(boxes: torch.Tensor, view: Tuple[bool, bool, bool], height: int, width: int) -> torch.Tensor:
-    """Boxes (N, 4) XYXY detected in the view of an image of ``height`` x ``width`` (the view's
-    frame is ``width`` x ``height`` when transposed), in the image's frame: the inverse of
-    :func:`view_image`, undone in reverse order."""
-    hflip, vflip, transpose = view
-    vh, vw = (width, height) if transpose else (height, width)
-    boxes = boxes.clone()
-    if vflip:
-        boxes[:, [1, 3]] = vh - boxes[:, [3, 1]]
-    if hflip:
-        boxes[:, [0, 2]] = vw - boxes[:, [2, 0]]
-    if transpose:
-        boxes = boxes[:, [1, 0, 3, 2]]
-    return boxes
+def view_image(image: torch.Tensor, transform: TransformList) -> torch.Tensor:
+    """``image`` (C, H, W) under ``transform`` (which works on (H, W, C) arrays), as (C, H', W')."""
+    viewed = transform.apply_image(image.permute(1, 2, 0).numpy())
+    return torch.from_numpy(np.ascontiguousarray(viewed)).permute(2, 0, 1)
 
 
 def merge_detections(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, nms_thresh: float,
@@ -104,9 +96,13 @@ class DetectorWithTTA(nn.Module):
         height, width = d.get("height", image.shape[1]), d.get("width", image.shape[2])
         found = []
         for view in self.views:
-            vh, vw = (width, height) if view[2] else (height, width)
-            inst = self.model([{"image": view_image(image, view), "height": vh, "width": vw}])[0]["instances"]
-            found.append((unview_boxes(inst.pred_boxes.tensor, view, height, width), inst.scores, inst.pred_classes))
+            # the view of the image as the mapper made it, its detections in the view of the original frame
+            seen = view_image(image, view_transform(view, *image.shape[1:]))
+            vh, vw = (width, height) if view[0] % 2 else (height, width)
+            inst = self.model([{"image": seen, "height": vh, "width": vw}])[0]["instances"]
+            back = view_transform(view, height, width).inverse().apply_box(inst.pred_boxes.tensor.cpu().numpy())
+            found.append((torch.as_tensor(back, device=inst.scores.device).to(inst.scores.dtype), inst.scores,
+                          inst.pred_classes))
         boxes, scores, classes = (torch.cat(x) for x in zip(*found))
         boxes, scores, classes = merge_detections(boxes, scores, classes, self.nms_thresh, self.max_dets,
                                                   self.merge, self.vote_iou)
