@@ -12,6 +12,7 @@ it is reported on its own, titled by what differs (:func:`recipe_difference`), a
 unless asked. A run that failed leaves ``{"variant", "seed", "failed": {"cause", "iteration",
 "log"}, ...}`` without metrics: listed apart, retried only when asked.
 """
+import functools
 import glob
 import hashlib
 import json
@@ -19,7 +20,8 @@ import math
 import os
 import statistics
 import subprocess
-from typing import Callable, Dict, List, NamedTuple, Optional
+from types import MappingProxyType
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional
 
 import yaml
 
@@ -38,7 +40,8 @@ SWITCHED_OFF_NODES = ("SOLVER.WEIGHT_AVERAGE", "TEST.TTA")
 ADDED_KEYS = {"MODEL.ROI_ALIGN_IMPL": "torchvision", "MODEL.ROI_BOX_HEAD.CLASS_WEIGHTS": [],
               "MODEL.ROI_BOX_HEAD.BACKGROUND_WEIGHT": -1.0, "MODEL.ANCHOR_GENERATOR.FIT": False,
               "MODEL.ANCHOR_GENERATOR.FIT_MAX_IMAGES": 1000, "MODEL.ANCHOR_GENERATOR.FITTED_ON": (),
-              "MODEL.RETINANET.NEG_POS_RATIO": 0.0, "MODEL.FOCAL_RPN.NEG_POS_RATIO": 0.0}
+              "MODEL.RETINANET.NEG_POS_RATIO": 0.0, "MODEL.FOCAL_RPN.NEG_POS_RATIO": 0.0,
+              "TEST.TTA.SCORE": "max"}
 
 # With MODEL.ANCHOR_GENERATOR.FIT on, the anchors are an output of the fit: the hash is of the
 # config as written (a run's config.yaml, fitted, and its variant's config hash alike), and the
@@ -266,8 +269,15 @@ def summary_paths(folder: str) -> List[str]:
     return [os.path.join(folder, n) for n in names if n.startswith("seed") and n.endswith(".json") and n[4:-5].isdigit()]
 
 
-def _flat(cfg_dump: str) -> Dict[str, object]:
-    """{"A.B.C": value} of a config dump (YAML)."""
+# libyaml's parser where PyYAML was built with it: a results page reads ~1,000 recorded configs,
+# which the pure-Python parser takes a minute for
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.lru_cache(maxsize=4096)
+def _flat(cfg_dump: str) -> Mapping[str, object]:
+    """{"A.B.C": value} of a config dump (YAML), read-only (cached: a summary's config is read for
+    its precision and for its recipe difference)."""
     out = {}
 
     def walk(node, prefix):
@@ -276,8 +286,8 @@ def _flat(cfg_dump: str) -> Dict[str, object]:
                 walk(v, f"{prefix}{k}.")
             else:
                 out[f"{prefix}{k}"] = v
-    walk(yaml.safe_load(cfg_dump) or {}, "")
-    return out
+    walk(yaml.load(cfg_dump, Loader=_YAML_LOADER) or {}, "")
+    return MappingProxyType(out)
 
 
 def recipe_difference(summary: dict, today) -> str:
