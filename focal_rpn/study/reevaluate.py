@@ -30,7 +30,6 @@ EVAL_ONLY_KEYS = frozenset({
     "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
     "TEST.EVAL_PERIOD", "TEST.DETECTIONS_PER_IMAGE", "TEST.EXPECTED_RESULTS", "TEST.KEYPOINT_OKS_SIGMAS",
     "TEST.AUG.ENABLED", "TEST.AUG.MIN_SIZES", "TEST.AUG.MAX_SIZE", "TEST.AUG.FLIP",
-    "TEST.TTA.ENABLED", "TEST.TTA.VIEWS", "TEST.TTA.NMS_THRESH", "TEST.TTA.MERGE", "TEST.TTA.VOTE_IOU",
     "MODEL.RETINANET.TOPK_CANDIDATES_TEST", "MODEL.RETINANET.SCORE_THRESH_TEST", "MODEL.RETINANET.NMS_THRESH_TEST",
     "MODEL.RPN.PRE_NMS_TOPK_TEST", "MODEL.RPN.POST_NMS_TOPK_TEST",
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST",
@@ -39,6 +38,8 @@ EVAL_ONLY_KEYS = frozenset({
 
 # Keys of the weight average over the training's tail: computable afterwards from the checkpoints.
 AVERAGE_PREFIX = "SOLVER.WEIGHT_AVERAGE."
+# Test-time augmentation (every key of the node) wraps the trained detector at evaluation only.
+TTA_PREFIX = "TEST.TTA."
 
 
 def flatten_config(cfg, prefix: str = "") -> Dict[str, object]:
@@ -61,16 +62,17 @@ def _as_lists(value):
 def config_differences(trained_cfg, cfg) -> Dict[str, List[str]]:
     """The keys whose values differ between the config a run was trained with and ``cfg``, as
     "KEY: old -> new" lines, split into {"evaluation": [...], "training": [...]}."""
-    from .summaries import comparable_config, fitted_anchors
+    from .summaries import ADDED_KEYS, comparable_config, fitted_anchors
 
     # compared as config_sha256 compares them (where a run is written, result-neutral keys and
-    # switched-off features left out)
+    # switched-off features left out; a key added later, left out at its default, holds it)
     old, new = flatten_config(comparable_config(trained_cfg)), flatten_config(comparable_config(cfg))
+    value = lambda c, k: c.get(k, _as_lists(ADDED_KEYS.get(k, "<absent>")))  # noqa: E731
     diffs: Dict[str, List[str]] = {"evaluation": [], "training": []}
     for key in sorted(set(old) | set(new)):
-        if old.get(key, "<absent>") != new.get(key, "<absent>"):
-            kind = "evaluation" if key in EVAL_ONLY_KEYS or key.startswith(AVERAGE_PREFIX) else "training"
-            diffs[kind].append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+        if value(old, key) != value(new, key):
+            kind = "evaluation" if key in EVAL_ONLY_KEYS or key.startswith((AVERAGE_PREFIX, TTA_PREFIX)) else "training"
+            diffs[kind].append(f"{key}: {value(old, key)!r} -> {value(new, key)!r}")
     # fitted anchors are left out of the hash (the config as written names the run) but not out of
     # the weights: a checkpoint is only valid with the anchors it was trained with
     if fitted_anchors(trained_cfg) != fitted_anchors(cfg):
