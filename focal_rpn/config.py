@@ -160,10 +160,6 @@ def add_focal_rpn_config(cfg):
     # at 0.5, where touching cells vote for each other); AP50 unchanged (docs/recipes.md).
     _C.TEST.TTA.MERGE = "vote"
     _C.TEST.TTA.VOTE_IOU = 0.6
-    # A merged box's score. "max": the highest in its cluster (one confident view is enough);
-    # "mean": the mean over the views of each view's best same-class box overlapping it by more
-    # than VOTE_IOU, 0 where a view missed it (agreement between the views ranks detections).
-    _C.TEST.TTA.SCORE = "max"
     return cfg
 
 

@@ -62,11 +62,9 @@ def test_the_eight_views_are_the_flips_and_quarter_turns():
     assert {key(x) for x in views[:4]} == {key(img), key(img.flip(2)), key(img.flip(1)), key(img.flip(1).flip(2))}
 
 
-@pytest.mark.parametrize("score", ["max", "mean"])
 @pytest.mark.parametrize("views", [1, 2, 4, 8])
-def test_the_wrapper_returns_the_objects_box_from_every_view(views, score):
-    tta = DetectorWithTTA(BrightBoxDetector(), views=views, nms_thresh=0.5, max_dets=100, merge="vote", vote_iou=0.6,
-                          score=score)
+def test_the_wrapper_returns_the_objects_box_from_every_view(views):
+    tta = DetectorWithTTA(BrightBoxDetector(), views=views, nms_thresh=0.5, max_dets=100, merge="vote", vote_iou=0.6)
     inst = tta([{"image": bright_image(), "height": 40, "width": 60}])[0]["instances"]
     assert inst.image_size == (40, 60)
     assert inst.pred_boxes.tensor.tolist() == [pytest.approx([5.0, 10.0, 25.0, 18.0])]  # a mean of equal boxes
@@ -97,35 +95,11 @@ def test_box_voting_by_hand():
     assert merge_detections(boxes, scores, classes, 0.5, 2, rule="vote")[1].tolist() == pytest.approx([0.9, 0.8])
 
 
-def test_mean_score_by_hand():
-    """SCORE "mean": each view's best overlapping same-class score, averaged over the views (0 for a miss)."""
-    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10]])
-    scores = torch.tensor([0.9, 0.5, 0.7, 0.95, 0.8])
-    classes = torch.tensor([0, 0, 0, 0, 1])
-    views = torch.tensor([0, 0, 1, 2, 2])  # 4 views; view 3 found nothing
-    b, s, c = merge_detections(boxes, scores, classes, 0.5, 100, rule="nms", vote_iou=0.6, score="mean",
-                               views=views, n_views=4)
-    # [0,0,10,10] class 0: view 0's best is 0.9 (not also 0.5), view 1's 0.7 (IoU 0.68), views 2-3 none:
-    # (0.9 + 0.7) / 4 = 0.4; the far box, seen by view 2 only, 0.95 / 4; class 1's box 0.8 / 4
-    assert s.tolist() == pytest.approx([0.4, 0.95 / 4, 0.2])
-    assert b.tolist() == [[0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 10, 10]] and c.tolist() == [0, 0, 1]
-    # the ranking changed: with "max" the far box (0.95) came first; max_dets is applied after rescoring
-    assert merge_detections(boxes, scores, classes, 0.5, 100, rule="nms")[1].tolist() == pytest.approx([0.95, 0.9, 0.8])
-    assert merge_detections(boxes, scores, classes, 0.5, 1, rule="nms", score="mean", views=views,
-                            n_views=4)[1].tolist() == pytest.approx([0.4])
-    # one view: the mean score is the kept box's own score
-    one = merge_detections(boxes, scores, classes, 0.5, 100, rule="vote", score="mean", views=torch.zeros(5).long())
-    assert one[1].tolist() == pytest.approx(merge_detections(boxes, scores, classes, 0.5, 100, rule="vote")[1].tolist())
-
-
 def test_bad_settings_name_the_key():
     with pytest.raises(ValueError, match="TEST.TTA.VIEWS=9"):
         DetectorWithTTA(BrightBoxDetector(), views=9, nms_thresh=0.5, max_dets=100, merge="vote", vote_iou=0.6)
     with pytest.raises(ValueError, match="TEST.TTA.MERGE='mean'"):
         DetectorWithTTA(BrightBoxDetector(), views=8, nms_thresh=0.5, max_dets=100, merge="mean", vote_iou=0.6)
-    with pytest.raises(ValueError, match="TEST.TTA.SCORE='sum'"):
-        DetectorWithTTA(BrightBoxDetector(), views=8, nms_thresh=0.5, max_dets=100, merge="vote", vote_iou=0.6,
-                        score="sum")
 
 
 def test_evaluation_and_predict_use_tta(trained, tmp_path):
@@ -165,14 +139,7 @@ def test_tta_off_leaves_the_config_hash_of_older_runs():
     del before_the_keys.TEST["TTA"]
     assert config_sha256(off) == config_sha256(before_the_keys)
     assert config_sha256(load_repo_config("configs/bccd/retinanet.yaml", "TEST.TTA.VIEWS", "2")) == config_sha256(off)
-    on = load_repo_config("configs/bccd/retinanet.yaml", "TEST.TTA.ENABLED", "True")
-    assert config_sha256(on) != config_sha256(off)
-    # runs made before TEST.TTA.SCORE existed scored "max"
-    before_score = on.clone()
-    del before_score.TEST.TTA["SCORE"]
-    assert config_sha256(on) == config_sha256(before_score)
-    assert config_sha256(load_repo_config("configs/bccd/retinanet.yaml", "TEST.TTA.ENABLED", "True",
-                                          "TEST.TTA.SCORE", "mean")) != config_sha256(on)
+    assert config_sha256(load_repo_config("configs/bccd/retinanet.yaml", "TEST.TTA.ENABLED", "True")) != config_sha256(off)
 
 
 def test_export_refuses_tta(tmp_path):

@@ -6,17 +6,14 @@ and trees recipes train with), made by the training augmentations' transforms. E
 detections are mapped back to the image by the inverse transform and merged: class-wise NMS over all of them, then, with ``MERGE "vote"``, each kept box replaced by
 the score-weighted mean of the same-class boxes that overlap it by more than ``VOTE_IOU`` (box
 voting: the views disagree by a few pixels, and their mean localises better than any one of
-them). With ``SCORE "max"`` the kept box keeps its score (the highest of its cluster); with
-``"mean"`` it scores the mean over the views of each view's best same-class box overlapping it by
-more than ``VOTE_IOU`` (0 for a view that missed it), so that an object seen in one view only ranks
-below one that every view agrees on.
+them). The kept box's score is unchanged.
 
 Detectron2's ``TEST.AUG`` (multi-scale + horizontal flip) is GeneralizedRCNN-only and lives in
 its ``tools/train_net.py``; this wrapper works for every meta-architecture whose outputs are
 ``{"instances": Instances}`` in the input's ``height`` x ``width`` frame (RetinaNet, R-CNN), and
 replaces the evaluation it is configured for (``Trainer.test``, ``predict``).
 """
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -33,7 +30,6 @@ from ..data.transforms import Rotate90Transform
 # both flips), all 8 every flip and quarter turn; the first VIEWS of these are used
 DIHEDRAL_VIEWS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
 MERGE_RULES = ("nms", "vote")
-SCORE_RULES = ("max", "mean")
 
 
 def view_transform(view: Tuple[int, bool], height: int, width: int) -> TransformList:
@@ -52,32 +48,20 @@ def view_image(image: torch.Tensor, transform: TransformList) -> torch.Tensor:
 
 
 def merge_detections(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, nms_thresh: float,
-                     max_dets: int, rule: str = "vote", vote_iou: float = 0.6, score: str = "max",
-                     views: Optional[torch.Tensor] = None, n_views: int = 1):
+                     max_dets: int, rule: str = "vote", vote_iou: float = 0.6):
     """Merges the detections of all views, (N, 4) XYXY boxes, (N,) scores and (N,) classes, into at
     most ``max_dets``: class-wise NMS at ``nms_thresh``; with ``rule`` "vote" each kept box becomes the
-    score-weighted mean of the same-class boxes with IoU > ``vote_iou`` to it (itself included). With
-    ``score`` "mean", ``views`` (N,) gives each detection's view in [0, ``n_views``) and a kept box
-    scores the mean over the views of the highest score among that view's same-class boxes with
-    IoU > ``vote_iou`` to it (0 where there is none). Returns (boxes, scores, classes), by descending score."""
-    keep = batched_nms(boxes, scores, classes, nms_thresh)
-    if score == "max":
-        keep = keep[:max_dets]  # the NMS order is the final one: only these need merging
-    kept, kept_scores = boxes[keep], scores[keep]
-    if len(keep) and (rule == "vote" or score == "mean"):
+    score-weighted mean of the same-class boxes with IoU > ``vote_iou`` to it (itself included).
+    Returns (boxes, scores, classes), by descending score."""
+    keep = batched_nms(boxes, scores, classes, nms_thresh)[:max_dets]
+    kept = boxes[keep]
+    if rule == "vote" and len(keep):
         same = (classes[keep][:, None] == classes[None, :]) & (pairwise_iou(Boxes(kept), Boxes(boxes)) > vote_iou)
         weights = same.to(scores.dtype) * scores[None, :]  # (K, N)
-        if rule == "vote":
-            total = weights.sum(1, keepdim=True)
-            # a cluster whose scores are all 0 (SCORE_THRESH_TEST 0 with underflowed sigmoids) keeps its box
-            kept = torch.where(total > 0, weights @ boxes / total.clamp(min=torch.finfo(scores.dtype).tiny), kept)
-        if score == "mean":
-            per_view = weights.new_zeros(len(keep), n_views).scatter_reduce_(
-                1, views[None, :].expand_as(weights), weights, "amax")  # (K, n_views)
-            kept_scores = per_view.mean(1)
-            order = torch.argsort(kept_scores, descending=True, stable=True)[:max_dets]
-            kept, kept_scores, keep = kept[order], kept_scores[order], keep[order]
-    return kept, kept_scores, classes[keep]
+        total = weights.sum(1, keepdim=True)
+        # a cluster whose scores are all 0 (SCORE_THRESH_TEST 0 with underflowed sigmoids) keeps its box
+        kept = torch.where(total > 0, weights @ boxes / total.clamp(min=torch.finfo(scores.dtype).tiny), kept)
+    return kept, scores[keep], classes[keep]
 
 
 class DetectorWithTTA(nn.Module):
@@ -86,23 +70,21 @@ class DetectorWithTTA(nn.Module):
 
     @configurable
     def __init__(self, model: nn.Module, *, views: int, nms_thresh: float, max_dets: int, merge: str,
-                 vote_iou: float, score: str = "max"):
+                 vote_iou: float):
         super().__init__()
         if not 1 <= views <= len(DIHEDRAL_VIEWS):
             raise ValueError(f"TEST.TTA.VIEWS={views}: expected 1 to {len(DIHEDRAL_VIEWS)}")
         if merge not in MERGE_RULES:
             raise ValueError(f"TEST.TTA.MERGE={merge!r}: expected one of {', '.join(MERGE_RULES)}")
-        if score not in SCORE_RULES:
-            raise ValueError(f"TEST.TTA.SCORE={score!r}: expected one of {', '.join(SCORE_RULES)}")
         self.model = model
         self.views = DIHEDRAL_VIEWS[:views]
-        self.nms_thresh, self.max_dets, self.merge, self.vote_iou, self.score = nms_thresh, max_dets, merge, vote_iou, score
+        self.nms_thresh, self.max_dets, self.merge, self.vote_iou = nms_thresh, max_dets, merge, vote_iou
 
     @classmethod
     def from_config(cls, cfg, model):
         t = cfg.TEST.TTA
         return {"model": model, "views": t.VIEWS, "nms_thresh": t.NMS_THRESH, "merge": t.MERGE, "vote_iou": t.VOTE_IOU,
-                "score": t.SCORE, "max_dets": cfg.TEST.DETECTIONS_PER_IMAGE}
+                "max_dets": cfg.TEST.DETECTIONS_PER_IMAGE}
 
     @torch.no_grad()
     def forward(self, batched_inputs: List[dict]) -> List[dict]:
@@ -113,17 +95,17 @@ class DetectorWithTTA(nn.Module):
         image = d["image"]
         height, width = d.get("height", image.shape[1]), d.get("width", image.shape[2])
         found = []
-        for index, view in enumerate(self.views):
+        for view in self.views:
             # the view of the image as the mapper made it, its detections in the view of the original frame
             seen = view_image(image, view_transform(view, *image.shape[1:]))
             vh, vw = (width, height) if view[0] % 2 else (height, width)
             inst = self.model([{"image": seen, "height": vh, "width": vw}])[0]["instances"]
             back = view_transform(view, height, width).inverse().apply_box(inst.pred_boxes.tensor.cpu().numpy())
             found.append((torch.as_tensor(back, device=inst.scores.device).to(inst.scores.dtype), inst.scores,
-                          inst.pred_classes, torch.full_like(inst.pred_classes, index)))
-        boxes, scores, classes, views = (torch.cat(x) for x in zip(*found))
-        boxes, scores, classes = merge_detections(boxes, scores, classes, self.nms_thresh, self.max_dets, self.merge,
-                                                  self.vote_iou, self.score, views, len(self.views))
+                          inst.pred_classes))
+        boxes, scores, classes = (torch.cat(x) for x in zip(*found))
+        boxes, scores, classes = merge_detections(boxes, scores, classes, self.nms_thresh, self.max_dets,
+                                                  self.merge, self.vote_iou)
         out = Instances((height, width))
         out.pred_boxes, out.scores, out.pred_classes = Boxes(boxes), scores, classes
         return out

@@ -40,8 +40,7 @@ SWITCHED_OFF_NODES = ("SOLVER.WEIGHT_AVERAGE", "TEST.TTA")
 ADDED_KEYS = {"MODEL.ROI_ALIGN_IMPL": "torchvision", "MODEL.ROI_BOX_HEAD.CLASS_WEIGHTS": [],
               "MODEL.ROI_BOX_HEAD.BACKGROUND_WEIGHT": -1.0, "MODEL.ANCHOR_GENERATOR.FIT": False,
               "MODEL.ANCHOR_GENERATOR.FIT_MAX_IMAGES": 1000, "MODEL.ANCHOR_GENERATOR.FITTED_ON": (),
-              "MODEL.RETINANET.NEG_POS_RATIO": 0.0, "MODEL.FOCAL_RPN.NEG_POS_RATIO": 0.0,
-              "TEST.TTA.SCORE": "max"}
+              "MODEL.RETINANET.NEG_POS_RATIO": 0.0, "MODEL.FOCAL_RPN.NEG_POS_RATIO": 0.0}
 
 # With MODEL.ANCHOR_GENERATOR.FIT on, the anchors are an output of the fit: the hash is of the
 # config as written (a run's config.yaml, fitted, and its variant's config hash alike), and the
