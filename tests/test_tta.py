@@ -130,6 +130,27 @@ def test_evaluation_and_predict_use_tta(trained, tmp_path):
     assert inst.image_size == (100, 80) and len(inst) <= eight.TEST.DETECTIONS_PER_IMAGE
 
 
+def test_one_view_reproduces_a_two_stage_detector(tmp_path):
+    """GeneralizedRCNN through the wrapper: one view, NMS at the box head's own threshold, gives the
+    detector's detections again (untrained weights, no score threshold: hundreds of boxes)."""
+    torch.manual_seed(0)
+    opts = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(tmp_path)]
+    cfg = load_repo_config("configs/synthetic/faster_rcnn.yaml", *opts)
+    model = Trainer.build_model(cfg).eval()
+    inputs = [{"image": torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8), "height": 96, "width": 128}]
+    with torch.no_grad():
+        plain = model(inputs)[0]["instances"]
+    tta = DetectorWithTTA(model, views=1, nms_thresh=cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST, merge="nms", vote_iou=0.6,
+                          max_dets=cfg.TEST.DETECTIONS_PER_IMAGE)
+    one = tta(inputs)[0]["instances"]
+    assert len(plain) > 10 and len(one) == len(plain)
+    torch.testing.assert_close(one.pred_boxes.tensor, plain.pred_boxes.tensor)
+    torch.testing.assert_close(one.scores, plain.scores)
+    assert one.pred_classes.tolist() == plain.pred_classes.tolist()
+    eight = DetectorWithTTA(model, views=8, nms_thresh=0.5, merge="vote", vote_iou=0.6, max_dets=100)(inputs)[0]["instances"]
+    assert eight.image_size == (96, 128) and 0 < len(eight) <= 100
+
+
 def test_tta_off_leaves_the_config_hash_of_older_runs():
     """Summaries made before TEST.TTA existed stay current while it is off; on, it is another run."""
     from focal_rpn.study.summaries import config_sha256
