@@ -131,8 +131,9 @@ def test_evaluation_and_predict_use_tta(trained, tmp_path):
 
 
 def test_one_view_reproduces_a_two_stage_detector(tmp_path):
-    """GeneralizedRCNN through the wrapper: one view, NMS at the box head's own threshold, gives the
-    detector's detections again (untrained weights, no score threshold: hundreds of boxes)."""
+    """The project's Faster R-CNN through the wrapper: one view, NMS at the box head's own threshold,
+    gives the detector's detections again (untrained weights, no score threshold: hundreds of boxes);
+    its proposals pass through."""
     torch.manual_seed(0)
     opts = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(tmp_path)]
     cfg = load_repo_config("configs/synthetic/faster_rcnn.yaml", *opts)
@@ -147,8 +148,12 @@ def test_one_view_reproduces_a_two_stage_detector(tmp_path):
     torch.testing.assert_close(one.pred_boxes.tensor, plain.pred_boxes.tensor)
     torch.testing.assert_close(one.scores, plain.scores)
     assert one.pred_classes.tolist() == plain.pred_classes.tolist()
-    eight = DetectorWithTTA(model, views=8, nms_thresh=0.5, merge="vote", vote_iou=0.6, max_dets=100)(inputs)[0]["instances"]
-    assert eight.image_size == (96, 128) and 0 < len(eight) <= 100
+    eight = DetectorWithTTA(model, views=8, nms_thresh=0.5, merge="vote", vote_iou=0.6, max_dets=100)(inputs)[0]
+    assert eight["instances"].image_size == (96, 128) and 0 < len(eight["instances"]) <= 100
+    # the RPN's proposals (its AR@100 / AR@1000 in the evaluation) are those of the image as it is
+    with torch.no_grad():
+        proposals = model(inputs)[0]["proposals"]
+    torch.testing.assert_close(eight["proposals"].proposal_boxes.tensor, proposals.proposal_boxes.tensor)
 
 
 def test_tta_off_leaves_the_config_hash_of_older_runs():

@@ -66,7 +66,9 @@ def merge_detections(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.T
 
 class DetectorWithTTA(nn.Module):
     """Wraps a detector in eval mode: ``forward(batched_inputs)`` returns, per image, the merged
-    detections of its views as ``{"instances": Instances}`` of ``height`` x ``width``."""
+    detections of its views as ``{"instances": Instances}`` of ``height`` x ``width``, with the
+    detector's other outputs for the image as it is (R-CNN's ``"proposals"``: the RPN's recall is
+    evaluated on one view, as without augmentation)."""
 
     @configurable
     def __init__(self, model: nn.Module, *, views: int, nms_thresh: float, max_dets: int, merge: str,
@@ -88,9 +90,9 @@ class DetectorWithTTA(nn.Module):
 
     @torch.no_grad()
     def forward(self, batched_inputs: List[dict]) -> List[dict]:
-        return [{"instances": self._one(d)} for d in batched_inputs]
+        return [self._one(d) for d in batched_inputs]
 
-    def _one(self, d: dict) -> Instances:
+    def _one(self, d: dict) -> dict:
         # height/width: the frame the model maps its boxes to (the original image), as in Detectron2's inputs
         image = d["image"]
         height, width = d.get("height", image.shape[1]), d.get("width", image.shape[2])
@@ -99,13 +101,16 @@ class DetectorWithTTA(nn.Module):
             # the view of the image as the mapper made it, its detections in the view of the original frame
             seen = view_image(image, view_transform(view, *image.shape[1:]))
             vh, vw = (width, height) if view[0] % 2 else (height, width)
-            inst = self.model([{"image": seen, "height": vh, "width": vw}])[0]["instances"]
+            out = self.model([{"image": seen, "height": vh, "width": vw}])[0]
+            if view == (0, False):  # the image as it is (always the first view)
+                others = {k: v for k, v in out.items() if k != "instances"}
+            inst = out["instances"]
             back = view_transform(view, height, width).inverse().apply_box(inst.pred_boxes.tensor.cpu().numpy())
             found.append((torch.as_tensor(back, device=inst.scores.device).to(inst.scores.dtype), inst.scores,
                           inst.pred_classes))
         boxes, scores, classes = (torch.cat(x) for x in zip(*found))
         boxes, scores, classes = merge_detections(boxes, scores, classes, self.nms_thresh, self.max_dets,
                                                   self.merge, self.vote_iou)
-        out = Instances((height, width))
-        out.pred_boxes, out.scores, out.pred_classes = Boxes(boxes), scores, classes
-        return out
+        merged = Instances((height, width))
+        merged.pred_boxes, merged.scores, merged.pred_classes = Boxes(boxes), scores, classes
+        return {**others, "instances": merged}
