@@ -499,6 +499,9 @@ def test_config_differences_split_evaluation_from_training():
     assert config_differences(a, tta)["training"] == [] and "TEST.TTA.VIEWS: '<absent>' -> 8" in config_differences(a, tta)["evaluation"]
     assert config_differences(tta, load_config("configs/trees/rpn_ce.yaml", ["TEST.TTA.ENABLED", "True", "TEST.TTA.VOTE_IOU", "0.8"])) == {
         "evaluation": ["TEST.TTA.VOTE_IOU: 0.6 -> 0.8"], "training": []}
+    # a key added after the runs, left out of the hash at its default, shows that default
+    assert config_differences(a, load_config("configs/trees/rpn_ce.yaml", ["MODEL.FOCAL_RPN.NEG_POS_RATIO", "10.0"])) == {
+        "evaluation": [], "training": ["MODEL.FOCAL_RPN.NEG_POS_RATIO: 0.0 -> 10.0"]}
 
 
 # A value other than the default for each key added after the study's runs were made

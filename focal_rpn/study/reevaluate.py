@@ -62,17 +62,17 @@ def _as_lists(value):
 def config_differences(trained_cfg, cfg) -> Dict[str, List[str]]:
     """The keys whose values differ between the config a run was trained with and ``cfg``, as
     "KEY: old -> new" lines, split into {"evaluation": [...], "training": [...]}."""
-    from .summaries import ADDED_KEYS, comparable_config, fitted_anchors
+    from .summaries import comparable_config, fitted_anchors, flat_value
 
     # compared as config_sha256 compares them (where a run is written, result-neutral keys and
     # switched-off features left out; a key added later, left out at its default, holds it)
     old, new = flatten_config(comparable_config(trained_cfg)), flatten_config(comparable_config(cfg))
-    value = lambda c, k: c.get(k, _as_lists(ADDED_KEYS.get(k, "<absent>")))  # noqa: E731
     diffs: Dict[str, List[str]] = {"evaluation": [], "training": []}
     for key in sorted(set(old) | set(new)):
-        if value(old, key) != value(new, key):
+        was, now = flat_value(old, key), flat_value(new, key)
+        if was != now:
             kind = "evaluation" if key in EVAL_ONLY_KEYS or key.startswith((AVERAGE_PREFIX, TTA_PREFIX)) else "training"
-            diffs[kind].append(f"{key}: {value(old, key)!r} -> {value(new, key)!r}")
+            diffs[kind].append(f"{key}: {was!r} -> {now!r}")
     # fitted anchors are left out of the hash (the config as written names the run) but not out of
     # the weights: a checkpoint is only valid with the anchors it was trained with
     if fitted_anchors(trained_cfg) != fitted_anchors(cfg):

@@ -289,6 +289,13 @@ def _flat(cfg_dump: str) -> Mapping[str, object]:
     return MappingProxyType(out)
 
 
+def flat_value(flat: Mapping[str, object], key: str):
+    """``flat[key]`` of a flattened config (:func:`comparable_config`'s, tuples as lists); a key
+    left out at its :data:`ADDED_KEYS` default holds that default; "<absent>" otherwise."""
+    default = ADDED_KEYS.get(key, "<absent>")
+    return flat.get(key, list(default) if isinstance(default, tuple) else default)
+
+
 def recipe_difference(summary: dict, today) -> str:
     """What the config a summary recorded differs in from ``today`` (the config its variant and
     seed build now), as "KEY VALUE ..." (the --opts that rebuild the run's config from today's
@@ -296,10 +303,8 @@ def recipe_difference(summary: dict, today) -> str:
     if "config" not in summary:
         return f"config not recorded; commit {summary.get('git_commit', 'unknown')[:10]}"
     old, new = _flat(summary["config"]), _flat(comparable_config(today).dump())
-    # a key left out of the hash at its default (ADDED_KEYS) holds that default
-    value = lambda cfg, k: cfg.get(k, ADDED_KEYS.get(k, "<absent>"))  # noqa: E731
-    keys = sorted(k for k in set(old) | set(new) if value(old, k) != value(new, k))
-    return " ".join(f"{k} {json.dumps(v) if isinstance(v := value(old, k), (list, str)) else v}" for k in keys)
+    keys = sorted(k for k in set(old) | set(new) if flat_value(old, k) != flat_value(new, k))
+    return " ".join(f"{k} {json.dumps(v) if isinstance(v := flat_value(old, k), (list, str)) else v}" for k in keys)
 
 
 def config_precision(summary: dict) -> str:
