@@ -428,6 +428,17 @@ def test_reevaluate_a_test_time_change_instead_of_training(gamma_2_run, tmp_path
     assert json.loads(path.read_text())["config_sha256"] != kept["config_sha256"]
 
 
+def test_a_reevaluation_on_other_test_data_names_each_figures_datasets():
+    """The AP50 line of --reevaluate names the test datasets when the re-evaluation changed them,
+    since then the two figures measure different images; otherwise it shows the change alone."""
+    def summary(ap50, test):
+        return {"metrics": {"bbox/AP50": ap50}, "config": f"DATASETS:\n  TEST:\n  - {test}\nSEED: 0\n"}
+    assert runner.ap50_change(summary(88.06, "bccd_test"), summary(85.2, "bccd_val")) == \
+        "AP50 88.06 on bccd_test -> 85.20 on bccd_val"
+    assert runner.ap50_change(summary(88.06, "bccd_test"), summary(88.61, "bccd_test")) == "AP50 88.06 -> 88.61"
+    assert runner.ap50_change({"metrics": {}}, summary(88.61, "bccd_test")) == "AP50 nan -> 88.61"  # no config recorded
+
+
 def test_reevaluate_all_adds_a_metric_the_evaluator_has_gained(gamma_2_run, tmp_path, capsys):
     """--reevaluate all: a current summary written before the evaluator had the per-class AP50 gets it
     from the run's checkpoint, every metric it had reproduced exactly (the reference: the summary

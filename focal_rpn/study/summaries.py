@@ -296,6 +296,12 @@ def flat_value(flat: Mapping[str, object], key: str):
     return flat.get(key, list(default) if isinstance(default, tuple) else default)
 
 
+def config_value(summary: dict, key: str):
+    """The value of ``key`` in the config a summary recorded (:func:`flat_value`); "<absent>" for
+    a summary that recorded no config."""
+    return flat_value(_flat(summary.get("config", "")), key)
+
+
 def recipe_difference(summary: dict, today) -> str:
     """What the config a summary recorded differs in from ``today`` (the config its variant and
     seed build now), as "KEY VALUE ..." (the --opts that rebuild the run's config from today's
