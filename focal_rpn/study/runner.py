@@ -234,13 +234,11 @@ def ap50_change(before: dict, after: dict) -> str:
     """"AP50 88.06 -> 88.61" of two summaries of a run; each figure names its test datasets when
     they differ ("AP50 88.06 on bccd_test -> 85.20 on bccd_val"), since then the two are not one
     measure that changed."""
-    def figure(summary: dict, datasets) -> str:
-        value = f"{summary['metrics'].get('bbox/AP50', float('nan')):.2f}"
-        return f"{value} on {', '.join(datasets)}" if isinstance(datasets, list) else value
-    old, new = (results.config_value(s, "DATASETS.TEST") for s in (before, after))
-    if old == new or not (isinstance(old, list) and isinstance(new, list)):
-        old = new = None
-    return f"AP50 {figure(before, old)} -> {figure(after, new)}"
+    tests = [results.config_value(s, "DATASETS.TEST") for s in (before, after)]
+    named = tests[0] != tests[1] and all(isinstance(t, list) for t in tests)  # "<absent>": no config recorded
+    figures = [f"{s['metrics'].get('bbox/AP50', float('nan')):.2f}" + (f" on {', '.join(t)}" if named else "")
+               for s, t in zip((before, after), tests)]
+    return f"AP50 {figures[0]} -> {figures[1]}"
 
 
 def _copy_again(summary: dict, path: str, expected: str, args) -> None:
