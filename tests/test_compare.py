@@ -58,6 +58,27 @@ def test_runs_trained_in_another_precision_are_named(tmp_path, capsys, fields, n
         assert f"Precision: {note} (SOLVER.AMP.ENABLED on a CPU without bfloat16 units" in text
 
 
+def test_speed_columns_average_the_runs_in_the_asked_precision(tmp_path, capsys):
+    """A variant with bfloat16 seeds (0.2 s/iter, 1000 MB) and float32 fallback seeds (0.4, 1500 MB:
+    another machine) reports the step time and memory of its bfloat16 runs, not a mean of both."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for seed in range(4):
+        fell_back = seed >= 2
+        for folder, ap50 in ((a, 10.0 + seed), (b, 11.0 + seed)):
+            _write(folder, seed, ap50)
+            path = folder / f"seed{seed}.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "config": AMP_CPU,
+                                        "precision": "float32" if fell_back else "bfloat16",
+                                        "s_per_iter": 0.4 if fell_back else 0.2,
+                                        "peak_rss_mb": 1500.0 if fell_back else 1000.0}))
+    assert compare.main([str(a), str(b), "--names", "ref", "mixed"]) == 0
+    text = capsys.readouterr().out
+    # AP50 10-13: mean 11.5, SD 1.291, t(0.975, 3) = 3.1824 -> ±2.05 (AP a quarter: ±0.51); the speed
+    # cells over seeds 0-1 only, which agree
+    assert "| ref | 4 | 2.88 ± 0.51 | 11.50 ± 2.05 | 1.00 ± 0.00 | 0.20 ± 0.00 | 1000 ± 0 |" in text
+    assert "`mixed` seeds 2, 3 trained in float32 where the config asks for bfloat16" in text
+
+
 def test_bad_folders_are_refused_with_their_names(tmp_path):
     good = tmp_path / "good"
     _write(good, 0, 10.0), _write(good, 1, 12.0)

@@ -9,7 +9,7 @@ import statistics
 from typing import Dict, List, Sequence
 
 from .stats import Interval, mean_ci, paired_difference, seeds_for_half_width, verdict
-from .summaries import Summaries, config_precision, precision
+from .summaries import Summaries, config_precision, precision, speed_runs
 
 METRICS = ["bbox/AP", "bbox/AP50", "bbox/AP75", "deeppcb/mAP", "deeppcb/F"]
 PROPOSAL_METRICS = ["box_proposals/AR@100", "box_proposals/AR@1000"]
@@ -46,7 +46,8 @@ def tabulate(summaries: List[dict], variants: List[str], reference: str, title: 
     for v in present:
         runs = list(by[v].values())
         cells = [_fmt(mean_ci([r["metrics"].get(m, math.nan) for r in runs])) for m in metrics]
-        cells += [_fmt(mean_ci([r["s_per_iter"] for r in runs])), _fmt(mean_ci([r["peak_rss_mb"] for r in runs]), 0)]
+        timed = speed_runs(runs)
+        cells += [_fmt(mean_ci([r["s_per_iter"] for r in timed])), _fmt(mean_ci([r["peak_rss_mb"] for r in timed]), 0)]
         lines.append(f"| {v} | {len(runs)} | " + " | ".join(cells) + " |")
     lines += precision_note(by)
     others = [v for v in present if v != reference]
@@ -84,7 +85,8 @@ def precision_note(by: Dict[str, Dict[int, dict]]) -> List[str]:
              + (f"trained in {got}" if got != "unrecorded" else "recorded no precision")
              + f" where the config asks for {asked}" for (v, got, asked), seeds in odd.items()]
     return ["", "Precision: " + "; ".join(parts) + " (SOLVER.AMP.ENABLED on a CPU without bfloat16 units, "
-            "`FOCAL_RPN_CPU_BF16=auto`: docs/config.md)."]
+            "`FOCAL_RPN_CPU_BF16=auto`: docs/config.md). A variant's s/iter and peak RSS are of its runs in "
+            "the precision its config asks for, where it has any."]
 
 
 def per_class_table(by: Dict[str, Dict[int, dict]], present: List[str], reference: str,

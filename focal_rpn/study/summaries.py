@@ -334,6 +334,14 @@ def precision(summary: dict) -> str:
     return asked
 
 
+def speed_runs(runs: List[dict]) -> List[dict]:
+    """The runs whose ``s_per_iter`` and ``peak_rss_mb`` a table may average: those that trained in
+    the precision their config asks for, or all of them when none did. A float32 fallback trains on
+    another machine at about twice the step time, so a mean over both would describe neither."""
+    asked = [r for r in runs if precision(r) == config_precision(r)]
+    return asked or runs
+
+
 class Summaries(NamedTuple):
     """The summaries of a suite's folder, by what they can be compared with."""
     current: List[dict]  # of the configs the variants build today

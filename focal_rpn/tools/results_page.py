@@ -60,7 +60,7 @@ def recipe_rows(root: str, dataset: str, link: str = "") -> List[str]:
             continue
         listed.add(config)
         metric = lambda m: _ci([s["metrics"][m] for s in runs]) if all(m in s["metrics"] for s in runs) else "-"  # noqa: E731
-        minutes = [s["s_per_iter"] * s["iterations"] / 60 for s in runs if not math.isnan(s["s_per_iter"])]
+        minutes = [s["s_per_iter"] * s["iterations"] / 60 for s in results.speed_runs(runs) if not math.isnan(s["s_per_iter"])]
         rows.append(f"| [`{config}`]({link}{config}) | {len(runs)} | {metric('bbox/AP')} | {metric('bbox/AP50')} | "
                     f"{metric('deeppcb/mAP')} | {_ci(minutes) if minutes else '-'} | "
                     f"[`results/{dataset}/{suite}`]({link}results/{dataset}/{suite}) |")
