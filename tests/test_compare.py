@@ -79,6 +79,24 @@ def test_speed_columns_average_the_runs_in_the_asked_precision(tmp_path, capsys)
     assert "`mixed` seeds 2, 3 trained in float32 where the config asks for bfloat16" in text
 
 
+def test_a_run_held_by_two_folders_leaves_both(tmp_path, capsys):
+    """A summary copied into a second folder (by hand, or the study's same_run_as) would pair with
+    itself (a difference of exactly 0): it is left out of both folders and named."""
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for seed, (x, y) in enumerate([(10, 11), (20, 22), (30, 33)]):
+        _write(a, seed, x), _write(b, seed, y)
+    shutil.copy(a / "seed2.json", b / "seed2.json")  # b's seed 2 is a's run
+    assert compare.main([str(a), str(b), "--names", "ref", "copy"]) == 0
+    text = capsys.readouterr().out
+    assert "left out of all of them (it would pair with itself): seed 2 (`ref`, `copy`)." in text
+    # ref: seeds 0-1 (AP50 10, 20: mean 15, SD 7.07, t(0.975, 1) = 12.706 -> ±63.53); copy - ref = 1, 2:
+    # mean 1.5, SD 0.707 -> ±6.35 (with the copy as a third pair: 1, 2, 0 -> 1.00 ± 2.48)
+    assert "| ref | 2 | 3.75 ± 15.88 | 15.00 ± 63.53 |" in text
+    assert "| copy | 2 | 0.38 ± 1.59 | not resolved | 1.50 ± 6.35 | not resolved |" in text
+
+
 def test_bad_folders_are_refused_with_their_names(tmp_path):
     good = tmp_path / "good"
     _write(good, 0, 10.0), _write(good, 1, 12.0)

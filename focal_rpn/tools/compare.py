@@ -12,9 +12,10 @@ is the reference: every other one gets its paired difference to it over the seed
 ``ablate --report``'s tables (:func:`focal_rpn.study.report.tabulate`).
 """
 import argparse
+import json
 import os
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ..study.report import tabulate
 from ..study.summaries import load_summary, summary_paths
@@ -43,6 +44,26 @@ def read_folder(folder: str, name: str) -> List[dict]:
     return [{**r, "variant": name, "seed": int(r["seed"])} for r in runs]
 
 
+def _run_key(summary: dict) -> str:
+    """What makes two summaries one run: its config (with its seed) and every number it measured.
+    A summary copied between folders (by hand, or the study's ``same_run_as``) keeps all of them."""
+    return json.dumps([summary.get("config_sha256"), summary["seed"], summary.get("wall_s"), summary["metrics"]],
+                      sort_keys=True)
+
+
+def drop_shared_runs(runs: List[dict]) -> Tuple[List[dict], List[str]]:
+    """``runs`` without those held by more than one folder (labelled ``variant``), and a note per
+    such run. A run in two folders pairs with itself, a difference of exactly 0 that would narrow
+    the interval while measuring nothing, and it belongs to neither side alone: it leaves both."""
+    folders: Dict[str, List[str]] = {}
+    for r in runs:
+        folders.setdefault(_run_key(r), []).append(r["variant"])
+    shared = {k for k, names in folders.items() if len(set(names)) > 1}
+    notes = [f"seed {r['seed']} ({', '.join(f'`{n}`' for n in folders[_run_key(r)])})"
+             for r in runs if _run_key(r) in shared and r["variant"] == folders[_run_key(r)][0]]
+    return [r for r in runs if _run_key(r) not in shared], notes
+
+
 def compare(folders: List[str], names: Optional[List[str]] = None) -> str:
     """Markdown: mean ± 95% CI per folder and the paired difference of each to the first."""
     if len(folders) < 2:
@@ -50,8 +71,13 @@ def compare(folders: List[str], names: Optional[List[str]] = None) -> str:
     names = names or [os.path.normpath(f) for f in folders]
     if len(names) != len(folders) or len(set(names)) != len(names):
         raise ValueError(f"--names needs one distinct name per folder, got {names} for {len(folders)} folders")
-    runs = [r for folder, name in zip(folders, names) for r in read_folder(folder, name)]
-    return tabulate(runs, names, names[0], f"{names[0]} against {', '.join(names[1:])}")
+    runs, shared = drop_shared_runs([r for folder, name in zip(folders, names) for r in read_folder(folder, name)])
+    text = tabulate(runs, names, names[0], f"{names[0]} against {', '.join(names[1:])}")
+    if not shared:
+        return text
+    title, rest = text.split("\n", 1)
+    return (f"{title}\n\nThe same run in several folders, left out of all of them (it would pair with itself): "
+            f"{'; '.join(shared)}.\n{rest}")
 
 
 def main(argv=None) -> int:
