@@ -126,3 +126,44 @@ def test_the_cli_reports_a_bad_folder_as_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare.main([str(tmp_path), str(tmp_path / "nope")])
     assert "no seed<K>.json run summaries" in capsys.readouterr().err
+
+
+def test_output_records_the_command_that_rebuilds_it(tmp_path, capsys, monkeypatch):
+    """--output ends the file with its command; --rebuild writes it again from today's summaries
+    (here after a third seed arrives) and says which files changed; a file without the line is named."""
+    monkeypatch.chdir(tmp_path)
+    for seed, (x, y) in enumerate([(10, 11), (20, 22)]):
+        _write(tmp_path / "a", seed, x), _write(tmp_path / "b b", seed, y)
+    assert compare.main(["a", "b b", "--names", "ref", "tweak", "--output", "out.md"]) == 0
+    text = (tmp_path / "out.md").read_text()
+    assert text.endswith("\nWritten from the summaries by `python -m focal_rpn.tools.compare a 'b b' --names ref tweak "
+                         "--output out.md`.\n")
+    assert "| tweak | 2 | " in text
+    capsys.readouterr()
+    assert compare.main(["--rebuild", "out.md"]) == 0
+    assert capsys.readouterr().out == "out.md: unchanged\n"
+    _write(tmp_path / "a", 2, 30), _write(tmp_path / "b b", 2, 33)
+    assert compare.main(["--rebuild", "out.md"]) == 0
+    assert capsys.readouterr().out == "out.md: rewritten\n"
+    rebuilt = (tmp_path / "out.md").read_text()
+    # tweak - ref = 1, 2, 3 (as in the first test): 2.00 ± 2.48
+    assert "| tweak | 3 | 0.50 ± 0.62 | not resolved | 2.00 ± 2.48 | not resolved |" in rebuilt
+    assert rebuilt.endswith(text.split("\n")[-2] + "\n")
+    (tmp_path / "hand.md").write_text("| a table pasted by hand |\n")
+    with pytest.raises(SystemExit):
+        compare.main(["--rebuild", "hand.md"])
+    assert "hand.md: its last line names no `python -m focal_rpn.tools.compare ... --output` command" in capsys.readouterr().err
+
+
+def test_every_committed_comparison_is_what_its_command_writes(monkeypatch):
+    """Each compare file under results/ rebuilds, from the committed summaries, to itself."""
+    import glob
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.chdir(root)
+    files = sorted(glob.glob("results/**/compare_*.md", recursive=True))
+    assert len(files) >= 13
+    for path in files:
+        args = compare.recorded_args(path, compare._parser())
+        assert compare.written_text(args) == open(path).read(), f"{path} is not what its command writes today"

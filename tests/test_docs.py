@@ -106,3 +106,22 @@ def test_a_sweeps_readme_line_is_its_slopes_and_its_page_shows_its_table(monkeyp
             text = f.read()
         assert "#### Imbalance sweep: AP against the negatives per positive" in text
         assert "(../../results/deeppcb/sweep/sweep.png)" in text
+
+
+def test_a_recipe_row_counts_its_float32_fallbacks_and_times_the_others(monkeypatch, tmp_path):
+    """The README row of a bfloat16 recipe with seeds that fell back to float32 says how many did,
+    and its training minutes are those of the bfloat16 runs (0.2 s/iter x 1500 = 5 min), not a
+    mean with the fallback's machine (0.4 s/iter)."""
+    from focal_rpn.study.summaries import Summaries
+    from focal_rpn.tools import results_page
+
+    amp = "MODEL:\n  DEVICE: cpu\nSOLVER:\n  AMP:\n    ENABLED: true\n"
+    runs = [{"variant": "gamma_2", "seed": seed, "iterations": 1500, "config": amp,
+             "precision": "float32" if seed >= 3 else "bfloat16", "s_per_iter": 0.4 if seed >= 3 else 0.2,
+             "metrics": {"bbox/AP": 50.0 + seed, "bbox/AP50": 80.0}} for seed in range(5)]
+    root = str(tmp_path)
+    monkeypatch.setattr(results_page, "suite_folders", lambda *_: [(os.path.join(root, "results"), "retinanet")])
+    monkeypatch.setattr(results_page, "read_suite", lambda *_: Summaries(runs, {}, []))
+    (row,) = results_page.recipe_rows(root, "bccd")
+    # AP 50-54: mean 52, SD 1.581, t(0.975, 4) = 2.776 -> ±1.96
+    assert "| 5 (2 in float32) | 52.0 ± 2.0 | 80.0 ± 0.0 | - | 5.0 ± 0.0 |" in row

@@ -10,10 +10,17 @@ schedules (``iterations``) is refused, naming the files, since its seeds would n
 is the reference: every other one gets its paired difference to it over the seeds both have
 (same ``SEED`` = same initialisation and data order), with the 95% CI and a verdict, exactly as in
 ``ablate --report``'s tables (:func:`focal_rpn.study.report.tabulate`).
+
+A file written with ``--output`` ends with the command that wrote it, so that
+``python -m focal_rpn.tools.compare --rebuild results/*/compare_*.md`` writes every such file again
+from the summaries of today (after more seeds, or a change to the report), from the folder the
+commands were run in.
 """
 import argparse
 import json
 import os
+import re
+import shlex
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -80,14 +87,58 @@ def compare(folders: List[str], names: Optional[List[str]] = None) -> str:
             f"{'; '.join(shared)}.\n{rest}")
 
 
-def main(argv=None) -> int:
+COMMAND = "python -m focal_rpn.tools.compare"
+_RECORDED = re.compile(r"^Written from the summaries by `" + re.escape(COMMAND) + r" (.+)`\.$")
+
+
+def written_text(args: argparse.Namespace) -> str:
+    """What ``--output`` writes: the table, and the command that rebuilds it (its last line)."""
+    names = f" --names {' '.join(map(shlex.quote, args.names))}" if args.names else ""
+    command = f"{COMMAND} {' '.join(map(shlex.quote, args.folders))}{names} --output {shlex.quote(args.output)}"
+    return compare(args.folders, args.names) + f"\nWritten from the summaries by `{command}`.\n"
+
+
+def recorded_args(path: str, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments ``path`` was written with (its last line, :func:`written_text`)."""
+    with open(path) as f:
+        lines = f.read().rstrip("\n").split("\n")
+    match = _RECORDED.match(lines[-1])
+    if not match:
+        raise ValueError(f"{path}: its last line names no `{COMMAND} ... --output` command to rebuild it from")
+    args = parser.parse_args(shlex.split(match.group(1)))
+    if args.output != path and os.path.abspath(args.output) != os.path.abspath(path):
+        raise ValueError(f"{path}: its recorded command writes {args.output}, another file")
+    return args
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folders", nargs="+", help="folders of seed<K>.json summaries; the first is the reference")
+    parser.add_argument("folders", nargs="*", help="folders of seed<K>.json summaries; the first is the reference")
     parser.add_argument("--names", nargs="+", help="a short name per folder for the table (default: the paths)")
-    parser.add_argument("--output", help="also write the markdown table here")
+    parser.add_argument("--output", help="also write the markdown table here, with the command that rebuilds it")
+    parser.add_argument("--rebuild", nargs="+", metavar="FILE",
+                        help="write each FILE again from today's summaries, with the command its last line recorded "
+                             "(paths as given then: run from the same folder, the repository root for results/)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     try:
-        text = compare(args.folders, args.names)
+        if args.rebuild:
+            if args.folders or args.output:
+                raise ValueError("--rebuild takes the folders and --output from each file, not from this command line")
+            for path in args.rebuild:
+                text = written_text(recorded_args(path, _parser()))
+                with open(path) as f:
+                    same = f.read() == text
+                if not same:
+                    with open(path, "w") as f:
+                        f.write(text)
+                print(f"{path}: {'unchanged' if same else 'rewritten'}")
+            return 0
+        text = written_text(args) if args.output else compare(args.folders, args.names)
     except ValueError as e:
         parser.error(str(e))
     print(text, end="")

@@ -48,7 +48,8 @@ def _ci(values) -> str:
 def recipe_rows(root: str, dataset: str, link: str = "") -> List[str]:
     """One markdown row per shipped recipe (the reference variant of each of the
     :data:`RECIPE_SUITES` with summaries of today's config; links prefixed with ``link``): AP, AP50
-    (and DeepPCB's mAP@0.33) with 95% CIs, seeds, training time."""
+    (and DeepPCB's mAP@0.33) with 95% CIs, seeds (with how many trained in another precision than
+    their config asks for), training time (of the runs in the asked precision, :func:`speed_runs`)."""
     rows, listed = [], set()
     for results_root, suite in suite_folders(root, dataset):
         if results_root != os.path.join(root, "results") or suite not in ablate.RECIPE_SUITES:
@@ -61,7 +62,9 @@ def recipe_rows(root: str, dataset: str, link: str = "") -> List[str]:
         listed.add(config)
         metric = lambda m: _ci([s["metrics"][m] for s in runs]) if all(m in s["metrics"] for s in runs) else "-"  # noqa: E731
         minutes = [s["s_per_iter"] * s["iterations"] / 60 for s in results.speed_runs(runs) if not math.isnan(s["s_per_iter"])]
-        rows.append(f"| [`{config}`]({link}{config}) | {len(runs)} | {metric('bbox/AP')} | {metric('bbox/AP50')} | "
+        fallback = [results.precision(s) for s in runs if results.precision(s) != results.config_precision(s)]
+        seeds = f"{len(runs)} ({len(fallback)} in {', '.join(sorted(set(fallback)))})" if fallback else str(len(runs))
+        rows.append(f"| [`{config}`]({link}{config}) | {seeds} | {metric('bbox/AP')} | {metric('bbox/AP50')} | "
                     f"{metric('deeppcb/mAP')} | {_ci(minutes) if minutes else '-'} | "
                     f"[`results/{dataset}/{suite}`]({link}results/{dataset}/{suite}) |")
     return rows
