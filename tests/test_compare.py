@@ -79,6 +79,22 @@ def test_speed_columns_average_the_runs_in_the_asked_precision(tmp_path, capsys)
     assert "`mixed` seeds 2, 3 trained in float32 where the config asks for bfloat16" in text
 
 
+def test_pairs_of_two_precisions_are_named(tmp_path, capsys):
+    """A seed whose reference run trained in bfloat16 and whose other run fell back to float32 is
+    named as a pair of two precisions; seeds trained alike are not."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for seed in range(3):
+        for folder, fell_back, ap50 in ((a, seed == 2, 10.0 + seed), (b, seed >= 1, 11.0 + seed)):
+            _write(folder, seed, ap50)
+            path = folder / f"seed{seed}.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "config": AMP_CPU,
+                                        "precision": "float32" if fell_back else "bfloat16"}))
+    assert compare.main([str(a), str(b), "--names", "ref", "other"]) == 0
+    text = capsys.readouterr().out
+    assert "Pairs of two precisions (the difference holds the precision's effect too): " \
+           "`other` seed 1 (float32 against bfloat16)." in text
+
+
 def test_a_run_held_by_two_folders_leaves_both(tmp_path, capsys):
     """A summary copied into a second folder (by hand, or the study's same_run_as) would pair with
     itself (a difference of exactly 0): it is left out of both folders and named."""

@@ -49,7 +49,7 @@ def tabulate(summaries: List[dict], variants: List[str], reference: str, title: 
         timed = speed_runs(runs)
         cells += [_fmt(mean_ci([r["s_per_iter"] for r in timed])), _fmt(mean_ci([r["peak_rss_mb"] for r in timed]), 0)]
         lines.append(f"| {v} | {len(runs)} | " + " | ".join(cells) + " |")
-    lines += precision_note(by)
+    lines += precision_note(by) + mixed_pairs_note(by, reference)
     others = [v for v in present if v != reference]
     if others:  # a suite of one variant (a recipe's seeds) has nothing to pair
         lines += ["", f"Paired difference to `{reference}` (same seeds), mean ± 95% CI half-width; "
@@ -87,6 +87,23 @@ def precision_note(by: Dict[str, Dict[int, dict]]) -> List[str]:
     return ["", "Precision: " + "; ".join(parts) + " (SOLVER.AMP.ENABLED on a CPU without bfloat16 units, "
             "`FOCAL_RPN_CPU_BF16=auto`: docs/config.md). A variant's s/iter and peak RSS are of its runs in "
             "the precision its config asks for, where it has any."]
+
+
+def mixed_pairs_note(by: Dict[str, Dict[int, dict]], reference: str) -> List[str]:
+    """A line naming the paired seeds whose two runs trained in different precisions (a bfloat16
+    reference run against a float32 fallback, or the reverse): such a difference holds the precision's
+    effect too, so a suite completed on another CPU should train every variant of a seed alike."""
+    ref = by.get(reference, {})
+    mixed: Dict[tuple, List[int]] = {}
+    for v, runs in by.items():
+        for seed, run in sorted(runs.items()):
+            if v != reference and seed in ref and precision(run) != precision(ref[seed]):
+                mixed.setdefault((v, precision(run), precision(ref[seed])), []).append(seed)
+    if not mixed:
+        return []
+    parts = [f"`{v}` seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} ({own} against {theirs})"
+             for (v, own, theirs), seeds in mixed.items()]
+    return ["", f"Pairs of two precisions (the difference holds the precision's effect too): {'; '.join(parts)}."]
 
 
 def per_class_table(by: Dict[str, Dict[int, dict]], present: List[str], reference: str,
