@@ -181,5 +181,5 @@ def test_every_committed_comparison_is_what_its_command_writes(monkeypatch):
     files = sorted(glob.glob("results/**/compare_*.md", recursive=True))
     assert len(files) >= 13
     for path in files:
-        args = compare.recorded_args(path, compare._parser())
+        args = compare.recorded_args(path)
         assert compare.written_text(args) == open(path).read(), f"{path} is not what its command writes today"

@@ -6,10 +6,10 @@ import csv
 import math
 import os
 import statistics
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from .stats import Interval, mean_ci, paired_difference, seeds_for_half_width, verdict
-from .summaries import Summaries, config_precision, precision, speed_runs
+from .summaries import Summaries, config_precision, in_asked_precision, precision, speed_runs
 
 METRICS = ["bbox/AP", "bbox/AP50", "bbox/AP75", "deeppcb/mAP", "deeppcb/F"]
 PROPOSAL_METRICS = ["box_proposals/AR@100", "box_proposals/AR@1000"]
@@ -69,20 +69,31 @@ def tabulate(summaries: List[dict], variants: List[str], reference: str, title: 
     return "\n".join(lines) + "\n"
 
 
+def _seed_groups(by: Dict[str, Dict[int, dict]], odd: Callable[[str, int, dict], Optional[tuple]]) -> Dict[tuple, List[int]]:
+    """(variant, *what ``odd`` found) -> the seeds (ascending) of the runs for which ``odd(variant,
+    seed, run)`` returns a tuple rather than None."""
+    groups: Dict[tuple, List[int]] = {}
+    for v, runs in by.items():
+        for seed, run in sorted(runs.items()):
+            found = odd(v, seed, run)
+            if found is not None:
+                groups.setdefault((v, *found), []).append(seed)
+    return groups
+
+
+def _seeds(variant: str, seeds: List[int]) -> str:
+    """"`ce` seeds 0, 1" / "`ce` seed 3"."""
+    return f"`{variant}` seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
 def precision_note(by: Dict[str, Dict[int, dict]]) -> List[str]:
     """A paragraph naming the runs that did not train in the precision their config asks for (a
     bfloat16 config on a CPU without bfloat16 units under ``FOCAL_RPN_CPU_BF16=auto`` trains in
     float32), so that a table never mixes precisions silently; nothing when every run did."""
-    odd: Dict[tuple, List[int]] = {}
-    for v, runs in by.items():
-        for seed, s in sorted(runs.items()):
-            got, asked = precision(s), config_precision(s)
-            if got != asked:
-                odd.setdefault((v, got, asked), []).append(seed)
+    odd = _seed_groups(by, lambda v, seed, s: None if in_asked_precision(s) else (precision(s), config_precision(s)))
     if not odd:
         return []
-    parts = [f"`{v}` seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} "
-             + (f"trained in {got}" if got != "unrecorded" else "recorded no precision")
+    parts = [_seeds(v, seeds) + " " + (f"trained in {got}" if got != "unrecorded" else "recorded no precision")
              + f" where the config asks for {asked}" for (v, got, asked), seeds in odd.items()]
     return ["", "Precision: " + "; ".join(parts) + " (SOLVER.AMP.ENABLED on a CPU without bfloat16 units, "
             "`FOCAL_RPN_CPU_BF16=auto`: docs/config.md). A variant's s/iter and peak RSS are of its runs in "
@@ -94,15 +105,11 @@ def mixed_pairs_note(by: Dict[str, Dict[int, dict]], reference: str) -> List[str
     reference run against a float32 fallback, or the reverse): such a difference holds the precision's
     effect too, so a suite completed on another CPU should train every variant of a seed alike."""
     ref = by.get(reference, {})
-    mixed: Dict[tuple, List[int]] = {}
-    for v, runs in by.items():
-        for seed, run in sorted(runs.items()):
-            if v != reference and seed in ref and precision(run) != precision(ref[seed]):
-                mixed.setdefault((v, precision(run), precision(ref[seed])), []).append(seed)
+    mixed = _seed_groups(by, lambda v, seed, run: (precision(run), precision(ref[seed]))
+                         if v != reference and seed in ref and precision(run) != precision(ref[seed]) else None)
     if not mixed:
         return []
-    parts = [f"`{v}` seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} ({own} against {theirs})"
-             for (v, own, theirs), seeds in mixed.items()]
+    parts = [f"{_seeds(v, seeds)} ({own} against {theirs})" for (v, own, theirs), seeds in mixed.items()]
     return ["", f"Pairs of two precisions (the difference holds the precision's effect too): {'; '.join(parts)}."]
 
 

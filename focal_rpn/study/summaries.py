@@ -334,12 +334,16 @@ def precision(summary: dict) -> str:
     return asked
 
 
+def in_asked_precision(summary: dict) -> bool:
+    """Whether a run trained in the precision its config asks for (not a float32 fallback)."""
+    return precision(summary) == config_precision(summary)
+
+
 def speed_runs(runs: List[dict]) -> List[dict]:
     """The runs whose ``s_per_iter`` and ``peak_rss_mb`` a table may average: those that trained in
     the precision their config asks for, or all of them when none did. A float32 fallback trains on
     another machine at about twice the step time, so a mean over both would describe neither."""
-    asked = [r for r in runs if precision(r) == config_precision(r)]
-    return asked or runs
+    return [r for r in runs if in_asked_precision(r)] or runs
 
 
 class Summaries(NamedTuple):

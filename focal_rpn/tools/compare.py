@@ -61,14 +61,13 @@ def _run_key(summary: dict) -> str:
 def drop_shared_runs(runs: List[dict]) -> Tuple[List[dict], List[str]]:
     """``runs`` without those held by more than one folder (labelled ``variant``), and a note per
     such run. A run in two folders pairs with itself, a difference of exactly 0 that would narrow
-    the interval while measuring nothing, and it belongs to neither side alone: it leaves both."""
-    folders: Dict[str, List[str]] = {}
+    the interval while measuring nothing, and it belongs to neither side alone: it leaves both.
+    (A folder holds one summary per seed and the key holds the seed, so a group of two spans two folders.)"""
+    groups: Dict[str, List[dict]] = {}
     for r in runs:
-        folders.setdefault(_run_key(r), []).append(r["variant"])
-    shared = {k for k, names in folders.items() if len(set(names)) > 1}
-    notes = [f"seed {r['seed']} ({', '.join(f'`{n}`' for n in folders[_run_key(r)])})"
-             for r in runs if _run_key(r) in shared and r["variant"] == folders[_run_key(r)][0]]
-    return [r for r in runs if _run_key(r) not in shared], notes
+        groups.setdefault(_run_key(r), []).append(r)
+    notes = [f"seed {g[0]['seed']} (" + ", ".join(f"`{r['variant']}`" for r in g) + ")" for g in groups.values() if len(g) > 1]
+    return [r for r in runs if len(groups[_run_key(r)]) == 1], notes
 
 
 def compare(folders: List[str], names: Optional[List[str]] = None) -> str:
@@ -98,15 +97,15 @@ def written_text(args: argparse.Namespace) -> str:
     return compare(args.folders, args.names) + f"\nWritten from the summaries by `{command}`.\n"
 
 
-def recorded_args(path: str, parser: argparse.ArgumentParser) -> argparse.Namespace:
+def recorded_args(path: str) -> argparse.Namespace:
     """The arguments ``path`` was written with (its last line, :func:`written_text`)."""
     with open(path) as f:
         lines = f.read().rstrip("\n").split("\n")
     match = _RECORDED.match(lines[-1])
     if not match:
         raise ValueError(f"{path}: its last line names no `{COMMAND} ... --output` command to rebuild it from")
-    args = parser.parse_args(shlex.split(match.group(1)))
-    if args.output != path and os.path.abspath(args.output) != os.path.abspath(path):
+    args = _parser().parse_args(shlex.split(match.group(1)))
+    if os.path.abspath(args.output) != os.path.abspath(path):
         raise ValueError(f"{path}: its recorded command writes {args.output}, another file")
     return args
 
@@ -130,7 +129,7 @@ def main(argv=None) -> int:
             if args.folders or args.output:
                 raise ValueError("--rebuild takes the folders and --output from each file, not from this command line")
             for path in args.rebuild:
-                text = written_text(recorded_args(path, _parser()))
+                text = written_text(recorded_args(path))
                 with open(path) as f:
                     same = f.read() == text
                 if not same:

@@ -62,7 +62,7 @@ def recipe_rows(root: str, dataset: str, link: str = "") -> List[str]:
         listed.add(config)
         metric = lambda m: _ci([s["metrics"][m] for s in runs]) if all(m in s["metrics"] for s in runs) else "-"  # noqa: E731
         minutes = [s["s_per_iter"] * s["iterations"] / 60 for s in results.speed_runs(runs) if not math.isnan(s["s_per_iter"])]
-        fallback = [results.precision(s) for s in runs if results.precision(s) != results.config_precision(s)]
+        fallback = [results.precision(s) for s in runs if not results.in_asked_precision(s)]
         seeds = f"{len(runs)} ({len(fallback)} in {', '.join(sorted(set(fallback)))})" if fallback else str(len(runs))
         rows.append(f"| [`{config}`]({link}{config}) | {seeds} | {metric('bbox/AP')} | {metric('bbox/AP50')} | "
                     f"{metric('deeppcb/mAP')} | {_ci(minutes) if minutes else '-'} | "
