@@ -104,6 +104,22 @@ def test_runs_with_opts_never_write_the_shipped_configs_summaries(tmp_path, monk
     assert args.results == suites.default_results()
 
 
+def test_first_seed_trains_only_the_later_seeds(tmp_path, monkeypatch, capsys):
+    """--seeds 5 --first-seed 3: seeds 3 and 4 of every variant, seed-major; a first seed outside
+    0..N-1 is refused before any run."""
+    trained = []
+    monkeypatch.setattr(runner, "run_local", lambda jobs, args: trained.extend((v.name, s) for v, s, _, _ in jobs) or 0)
+    monkeypatch.setattr(runner, "report", lambda *a: None)
+    base = ["--suite", "rpn_lambda", "--dataset", "synthetic", "--out", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results")]
+    ablate.main(base + ["--seeds", "5", "--first-seed", "3"])
+    names = [v.name for v in suites.suite_variants("rpn_lambda", "synthetic")]
+    assert trained == [(n, 3) for n in names] + [(n, 4) for n in names]
+    with pytest.raises(SystemExit):
+        ablate.main(base + ["--seeds", "3", "--first-seed", "3"])
+    assert "--first-seed 3 must be in 0..2" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("opts, why", [(["SOLVER.NOPE", "1"], "Non-existent key: SOLVER.NOPE"),
                                        (["SOLVER.BASE_LR", "10000"], "Type mismatch")])
 def test_bad_opts_are_one_line_before_any_run(opts, why, tmp_path, capsys):

@@ -34,6 +34,9 @@ def parse_args(argv=None):
     ap.add_argument("--suite", required=True, choices=SUITES)
     ap.add_argument("--dataset", default="trees", choices=DATASETS)
     ap.add_argument("--seeds", type=int, default=1, help="runs per variant, with seeds 0..N-1")
+    ap.add_argument("--first-seed", type=int, default=0, metavar="K",
+                    help="start at seed K (seeds K..N-1): e.g. to train first the seeds whose reference runs "
+                         "are of this machine's precision")
     ap.add_argument("--num-gpus", type=int, default=1, help="local launcher: processes per run (CPU: gloo workers)")
     ap.add_argument("--variants", nargs="*", help="only these variants")
     ap.add_argument("--out", default="output/ablate", help="run folders (checkpoints, logs, cluster jobs)")
@@ -67,6 +70,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.results is None:
         args.results = os.path.join(args.out, "results") if args.opts else default_results()
+    if not 0 <= args.first_seed < args.seeds:
+        ap.error(f"--first-seed {args.first_seed} must be in 0..{args.seeds - 1} (--seeds {args.seeds}: seeds 0..{args.seeds - 1})")
     if args.launcher == "local" and (args.wait or args.slurm_partition or args.slurm_extra):
         ap.error("--wait, --slurm-partition and --slurm-extra need --launcher submitit "
                  "(the local launcher runs one run after another and returns when all are done)")
@@ -94,7 +99,7 @@ def main(argv=None):
     # comparisons it can already make use all of them.
     jobs = [(v, seed, results.summary_path(args.results, args.dataset, args.suite, v.name, seed),
              results.run_identity(run_config(v, seed, args.opts)))
-            for seed in range(args.seeds) for v in variants]
+            for seed in range(args.first_seed, args.seeds) for v in variants]
     if args.reevaluate:
         runner.reevaluate(jobs, args, include_current=args.reevaluate == "all")
         runner.report(all_variants, args.suite, args.dataset, args.results, args.opts)
