@@ -169,6 +169,10 @@ def test_output_records_the_command_that_rebuilds_it(tmp_path, capsys, monkeypat
     with pytest.raises(SystemExit):
         compare.main(["--rebuild", "hand.md"])
     assert "hand.md: its last line names no `python -m focal_rpn.tools.compare ... --output` command" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a path that is not there (an unmatched shell glob): one line, no traceback
+        compare.main(["--rebuild", "results/*/compare_*.md"])
+    err = capsys.readouterr().err
+    assert "No such file or directory: 'results/*/compare_*.md'" in err and "Traceback" not in err
 
 
 def test_every_committed_comparison_is_what_its_command_writes(monkeypatch):

@@ -31,14 +31,15 @@ def _fmt(iv: Interval, digits: int = 2) -> str:
     return f"{iv.mean:.{digits}f} ± {iv.half_width:.{digits}f}"
 
 
-def tabulate(summaries: List[dict], variants: List[str], reference: str, title: str) -> str:
+def tabulate(summaries: List[dict], variants: List[str], reference: str, title: str, notes: Sequence[str] = ()) -> str:
     """Markdown: per variant mean ± 95% CI half-width (Student t) of each metric, and the paired
-    difference to ``reference`` over the seeds both have, with its CI and a verdict."""
+    difference to ``reference`` over the seeds both have, with its CI and a verdict; ``notes``: paragraphs
+    under the title."""
     present = [v for v in variants if any(s["variant"] == v for s in summaries)]
     metrics = [m for m in METRICS + PROPOSAL_METRICS if any(m in s["metrics"] for s in summaries)]
     short = [_short(m) for m in metrics]
     by = {v: {s["seed"]: s for s in summaries if s["variant"] == v} for v in present}
-    lines = [f"### {title}", "",
+    lines = [f"### {title}", "", *(line for note in notes for line in (note, "")),
              "Mean ± half-width of the 95% confidence interval of the mean (Student t, n - 1 "
              "degrees of freedom); one seed: the value alone.", "",
              "| variant | seeds | " + " | ".join(short) + " | s/iter | peak RSS (MB) |",

@@ -78,12 +78,9 @@ def compare(folders: List[str], names: Optional[List[str]] = None) -> str:
     if len(names) != len(folders) or len(set(names)) != len(names):
         raise ValueError(f"--names needs one distinct name per folder, got {names} for {len(folders)} folders")
     runs, shared = drop_shared_runs([r for folder, name in zip(folders, names) for r in read_folder(folder, name)])
-    text = tabulate(runs, names, names[0], f"{names[0]} against {', '.join(names[1:])}")
-    if not shared:
-        return text
-    title, rest = text.split("\n", 1)
-    return (f"{title}\n\nThe same run in several folders, left out of all of them (it would pair with itself): "
-            f"{'; '.join(shared)}.\n{rest}")
+    notes = [f"The same run in several folders, left out of all of them (it would pair with itself): "
+             f"{'; '.join(shared)}."] if shared else []
+    return tabulate(runs, names, names[0], f"{names[0]} against {', '.join(names[1:])}", notes)
 
 
 COMMAND = "python -m focal_rpn.tools.compare"
@@ -138,7 +135,7 @@ def main(argv=None) -> int:
                 print(f"{path}: {'unchanged' if same else 'rewritten'}")
             return 0
         text = written_text(args) if args.output else compare(args.folders, args.names)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # OSError: a --rebuild FILE or a summary that cannot be read
         parser.error(str(e))
     print(text, end="")
     if args.output:
